@@ -1,0 +1,88 @@
+"""Configuration checks: the one place where bad input becomes one clear error line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+ACTIVATIONS = ("sigmoid", "relu")
+
+
+class UserError(CompactHydraException):
+    """A mistake in the user's input: Hydra prints the message alone, without a traceback."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(f"bnexp: error: {message}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject configurations that cannot produce a meaningful run, before any training starts."""
+    t, o = cfg.trainer, cfg.optim
+    _require(t.max_steps > 0, f"trainer.max_steps must be > 0, got {t.max_steps}")
+    _require(t.batch_size > 0, f"trainer.batch_size must be > 0, got {t.batch_size}")
+    _require(t.eval_every > 0, f"trainer.eval_every must be > 0, got {t.eval_every}")
+    _require(t.log_every > 0, f"trainer.log_every must be > 0, got {t.log_every}")
+    _require(t.eval_batch_size > 0, f"trainer.eval_batch_size must be > 0, got {t.eval_batch_size}")
+    _require(t.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {t.device!r}")
+    _require(
+        all(0 < a <= 1 for a in t.targets),
+        f"trainer.targets are accuracies in (0, 1], got {list(t.targets)}",
+    )
+    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _require(o.lr_mult > 0, f"optim.lr_mult must be > 0, got {o.lr_mult}")
+    _require(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    if cfg.norm.name == "batch":
+        # With one example per batch, BN's variance is 0 and every output is beta: nothing to learn.
+        _require(
+            t.batch_size > 1,
+            "norm=batch needs trainer.batch_size > 1 (batch statistics of one example are "
+            "degenerate); use norm=none for batch size 1",
+        )
+        _require(0 <= cfg.norm.momentum <= 1, f"norm.momentum must be in [0, 1], got {cfg.norm.momentum}")
+        _require(cfg.norm.eps > 0, f"norm.eps must be > 0, got {cfg.norm.eps}")
+    if cfg.model.name == "mlp":
+        _require(
+            cfg.model.activation in ACTIVATIONS,
+            f"model.activation must be one of {ACTIVATIONS}, got {cfg.model.activation!r}",
+        )
+        _require(cfg.model.init_std > 0, f"model.init_std must be > 0, got {cfg.model.init_std}")
+    if cfg.schedule.name == "exponential":
+        _require(0 < cfg.schedule.decay_rate <= 1, "schedule.decay_rate must be in (0, 1]")
+        _require(cfg.schedule.decay_steps > 0, "schedule.decay_steps must be > 0")
+    _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_writable(directory: str) -> None:
+    """Fail early, with one line, when the run directory cannot be created or written."""
+    path = Path(directory)
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    _require(existing.is_dir(), f"output directory {directory}: {existing} is not a directory")
+    _require(
+        os.access(existing, os.W_OK | os.X_OK),
+        f"output directory {directory} is not writable (no write permission on {existing}); "
+        "set runs_root=... or $BNEXP_RUNS",
+    )
+
+
+class CheckOutputDir(Callback):
+    """Hydra creates the run directory before the job starts: check it can, and say so if not."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_writable(config.hydra.sweep.dir)

@@ -1,0 +1,24 @@
+"""Models by name. Each model takes its norm from the norm factory and knows nothing of logging.
+
+Every model exposes `probe_points()`: the modules whose *input* is the paper's probe (the input
+to a nonlinearity, Figure 1 b/c), by a short layer name.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from torch import nn
+
+from bnexp import norm
+from bnexp.config import UserError
+from bnexp.models.mlp import MLP
+
+
+def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int) -> nn.Module:
+    norm_builder = norm.make(norm_cfg)
+    if cfg.name == "mlp":
+        in_features = 1
+        for d in input_shape:
+            in_features *= d
+        return MLP(in_features, num_classes, list(cfg.hidden), cfg.activation, cfg.init_std, norm_builder)
+    raise UserError(f"bnexp: error: unknown model.name {cfg.name!r}")

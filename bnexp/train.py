@@ -1,0 +1,192 @@
+"""The step-based trainer: the paper counts steps, so steps are the unit of time everywhere.
+
+`run(cfg, run_dir)` builds data, model and optimizer from the config and hands them to `Trainer`,
+which knows nothing of which model or norm it trains. Each step draws a batch by indexing tensors
+already on the device; training scalars stay on the device and are read once per `log_every`
+steps, so logging costs no synchronisation per step. A non-finite loss ends the run as a result
+(status "diverged" at the exact step), not as a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from bnexp import data as datasets
+from bnexp import models
+from bnexp.probes import PercentileProbe
+from bnexp.runlog import RunLog, flatten
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    device = pick_device(cfg.trainer.device)
+    torch.manual_seed(cfg.trainer.seed)
+    data = datasets.build(cfg.data, cfg.trainer, device)
+    model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.optim.lr * cfg.optim.lr_mult,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule))
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    hyperparameters = flatten({k: v for k, v in plain.items() if k != "runs_root"})
+    hyperparameters.pop("data.root", None)  # where the data lives says nothing about the run
+    runlog = RunLog(run_dir, hyperparameters)
+    log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
+             sum(p.numel() for p in model.parameters()))
+    return Trainer(cfg.trainer, model, data, optimizer, schedule, runlog).fit()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lr_factor(cfg: DictConfig):
+    """The schedule as a multiplier of the initial learning rate, a function of the step."""
+    if cfg.name == "constant":
+        return lambda step: 1.0
+    if cfg.name == "exponential":
+        def exponential(step: int) -> float:
+            intervals = step / cfg.decay_steps
+            return cfg.decay_rate ** (math.floor(intervals) if cfg.staircase else intervals)
+
+        return exponential
+    raise ValueError(f"unknown schedule.name {cfg.name!r}")
+
+
+def show_progress(setting) -> bool:
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, model, data, optimizer, schedule, runlog: RunLog):
+        self.cfg, self.model, self.data = cfg, model, data
+        self.optimizer, self.schedule, self.log = optimizer, schedule, runlog
+        self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
+        self.step = 0
+        self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
+
+    def fit(self) -> dict:
+        started, clock = datetime.now(timezone.utc), time.perf_counter()
+        status, diverged_at = "interrupted", None
+        self.bar = tqdm(total=self.cfg.max_steps, disable=not show_progress(self.cfg.progress),
+                        unit="step", dynamic_ncols=True)
+        try:
+            self.evaluate()
+            diverged_at = self.train()
+            status = "completed" if diverged_at is None else "diverged"
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d", self.step)
+        finally:
+            self.bar.close()
+        summary = self.summary(status, diverged_at, started, time.perf_counter() - clock)
+        self.log.scalars(self.step, {f"summary/{k}": summary[k] for k in ("best_accuracy", "final_accuracy")
+                                     if summary[k] is not None})
+        self.log.finish(summary)
+        return summary
+
+    def train(self) -> int | None:
+        """Step to max_steps; the step of the first non-finite loss if training diverges."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        losses, errors, lr = [], [], 0.0
+        window_start = time.perf_counter()
+        while self.step < cfg.max_steps:
+            x, y = self.data.next_batch(self.step)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.schedule.step()
+            self.step += 1
+            losses.append(loss.detach())
+            errors.append((logits.detach().argmax(1) != y).float().mean())
+
+            evaluate_now = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
+            if evaluate_now or self.step % cfg.log_every == 0:
+                window = torch.stack(losses)
+                finite = torch.isfinite(window)
+                if not finite.all():
+                    diverged_at = self.step - len(losses) + 1 + int((~finite).nonzero()[0])
+                    log.warning("loss is not finite at step %d: diverged", diverged_at)
+                    return diverged_at
+                elapsed = time.perf_counter() - window_start
+                mean_loss = window.mean().item()
+                self.log.scalars(self.step, {
+                    "train/loss": mean_loss,
+                    "train/error": torch.stack(errors).mean().item(),
+                    "opt/lr": lr,
+                    "perf/steps_per_s": len(losses) / elapsed,
+                })
+                self.bar.update(len(losses))
+                self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
+                losses, errors = [], []
+                if evaluate_now:
+                    self.evaluate()
+                window_start = time.perf_counter()
+        return None
+
+    @torch.inference_mode()
+    def evaluate(self) -> None:
+        """Test-set accuracy of the inference network (eval mode: population statistics)."""
+        self.model.eval()
+        correct = loss_sum = 0
+        with self.probe.recording():
+            for x, y in self.data.eval_batches():
+                logits = self.model(x)
+                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        self.model.train()
+        n = len(self.data.test_y)
+        accuracy = correct.item() / n
+        self.history.append((self.step, accuracy))
+        self.log.scalars(self.step, {
+            "test/accuracy": accuracy,
+            "test/error": 1 - accuracy,
+            "test/loss": loss_sum.item() / n,
+            **self.probe.percentiles(),
+        })
+
+    def summary(self, status, diverged_at, started, wall_time) -> dict:
+        history = self.history
+        best_step, best = max(history, key=lambda h: (h[1], -h[0])) if history else (None, None)
+        final_step, final = history[-1] if history else (None, None)
+        return {
+            "status": status,
+            "steps": self.step,
+            "max_steps": self.cfg.max_steps,
+            "diverged_at_step": diverged_at,
+            "final_accuracy": final,
+            "final_error": None if final is None else 1 - final,
+            "final_step": final_step,
+            "best_accuracy": best,
+            "best_error": None if best is None else 1 - best,
+            "best_step": best_step,
+            # The first evaluated step at or above each target: resolution is trainer.eval_every.
+            "steps_to_target": {str(t): next((s for s, a in history if a >= t), None) for t in self.cfg.targets},
+            "wall_time_s": round(wall_time, 3),
+            "steps_per_s": round(self.step / wall_time, 2) if wall_time > 0 else None,
+            "started_at": started.isoformat(timespec="seconds"),
+            "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": str(next(self.model.parameters()).device),
+            "torch": torch.__version__,
+        }
