@@ -1,7 +1,7 @@
 """bnexp's command line: `bnexp <command> [args]`.
 
   bnexp train [hydra overrides]     one run; `-m` sweeps; --cfg job, --help, -sc as in any Hydra app
-  bnexp report RUN_OR_SWEEP_DIR...  (paper-shaped tables and figures from run directories)
+  bnexp report RUN_OR_SWEEP_DIR...  paper-shaped tables and figures from run directories
 
 Hydra cannot sit under a sub-command parser, so the sub-command is taken off argv before
 Hydra sees the rest.
@@ -30,6 +30,9 @@ commands:
   train [overrides]   train one model (Hydra app: -m sweeps, --cfg job, --help, -sc install=bash)
                       e.g. bnexp train experiment=fig1_mnist norm=none
                            bnexp train -m norm=none,batch trainer.seed=0,1,2
+  report PATH...      tables (markdown, csv) and figures from runs or sweeps: steps to the
+                      baseline's best accuracy, speed-up, best accuracy over seeds
+                      e.g. bnexp report ~/bnexp-runs/fig1_mnist --out report/
 
 Runs go to $BNEXP_RUNS (default ~/bnexp-runs); watch them with: tensorboard --logdir ~/bnexp-runs
 """
@@ -78,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [sys.argv[0], *rest]
         train()
         return 0
+    if command == "report":
+        from bnexp.report import main as report
+
+        return report(rest)
     print(f"bnexp: error: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

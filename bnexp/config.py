@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,6 +58,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.schedule.name == "exponential":
         _require(0 < cfg.schedule.decay_rate <= 1, "schedule.decay_rate must be in (0, 1]")
         _require(cfg.schedule.decay_steps > 0, "schedule.decay_steps must be > 0")
+    _require(not o.nesterov or o.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
 
 
@@ -79,10 +81,21 @@ def check_writable(directory: str) -> None:
 
 
 class CheckOutputDir(Callback):
-    """Hydra creates the run directory before the job starts: check it can, and say so if not."""
+    """Hydra creates the run directory before the job starts: check that it can, and say so if not.
+
+    Hydra turns exceptions in callbacks into warnings, so a refusal exits here with one line.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable(config.hydra.run.dir)
+        self._check(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        check_writable(config.hydra.sweep.dir)
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(directory: str) -> None:
+        try:
+            check_writable(directory)
+        except UserError as e:
+            print(e, file=sys.stderr)
+            sys.exit(2)

@@ -47,5 +47,5 @@ class PercentileProbe:
         for name, values in self._values.items():
             if values:
                 found = torch.quantile(torch.cat(values).cpu(), q).tolist()
-                out.update({f"probe/{name}/p{p}": v for p, v in zip(PERCENTILES, found)})
+                out.update({f"probe/{name}/p{p}": v for p, v in zip(PERCENTILES, found, strict=True)})
         return out

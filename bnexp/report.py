@@ -1,0 +1,363 @@
+"""`bnexp report PATH...`: the paper's tables and figures from run directories on disk.
+
+It reads only what runs wrote (config.yaml, metrics.csv or the TensorBoard events, summary.json),
+so it works on runs made anywhere. Runs are grouped into variants (the config without the seed),
+aggregated over seeds, and compared with a baseline the way the paper's Figure 3 table does:
+steps to reach the baseline's best accuracy, speed-up, best accuracy. Unfinished, diverged or
+damaged runs are reported as such, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bnexp.runlog import flatten
+
+# Keys that do not change what is being measured: runs differing only in these are seeds of one variant.
+NOT_THE_VARIANT = {"trainer.seed", "trainer.progress", "trainer.device", "trainer.eval_batch_size",
+                   "runs_root", "data.root", "data.download"}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict | None
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> step -> value
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"] if self.summary else "unfinished"
+
+    @property
+    def seed(self):
+        return self.config.get("trainer.seed")
+
+    @property
+    def accuracy(self) -> list[tuple[int, float]]:
+        return sorted(self.curves.get("test/accuracy", {}).items())
+
+
+def first_step_reaching(history: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated step whose accuracy is at least `target`; None if it never gets there."""
+    return next((step for step, accuracy in history if accuracy >= target), None)
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories: the ones holding the resolved config.yaml that every bnexp run writes."""
+    found = set()
+    for path in paths:
+        candidates = [path / "config.yaml", *path.rglob("config.yaml")] if path.is_dir() else []
+        found.update(c.parent for c in candidates if c.is_file() and c.parent.name != ".hydra")
+    return sorted(found)
+
+
+def load_run(path: Path) -> Run:
+    """A run as written to disk; raises ValueError with the reason when it cannot be read."""
+    try:
+        config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
+    except Exception as e:  # OSError, YAML errors, a config that is not a mapping
+        raise ValueError(f"unreadable config.yaml ({type(e).__name__}: {e})") from None
+    summary = None
+    if (path / "summary.json").exists():
+        try:
+            summary = json.loads((path / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"unreadable summary.json ({e})") from None
+    return Run(path, config, summary, read_curves(path))
+
+
+def read_curves(path: Path) -> dict[str, dict[int, float]]:
+    curves: dict[str, dict[int, float]] = defaultdict(dict)
+    if (path / "metrics.csv").exists():
+        try:
+            with open(path / "metrics.csv", newline="") as f:
+                for row in csv.DictReader(f):
+                    curves[row["tag"]][int(row["step"])] = float(row["value"])
+        except (KeyError, ValueError, TypeError, csv.Error) as e:
+            raise ValueError(f"damaged metrics.csv ({type(e).__name__}: {e})") from None
+    elif any(path.glob("events.out.tfevents.*")):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        try:
+            events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
+            for tag in events.Tags()["scalars"]:
+                curves[tag] = {e.step: e.value for e in events.Scalars(tag)}
+        except Exception as e:  # tensorboard raises many kinds on damaged files
+            raise ValueError(f"damaged event file ({type(e).__name__}: {e})") from None
+    if not curves.get("test/accuracy"):
+        raise ValueError("no test/accuracy recorded (neither metrics.csv nor TensorBoard events)")
+    return dict(curves)
+
+
+def variant_key(run: Run) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in run.config.items() if k not in NOT_THE_VARIANT))
+
+
+def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
+    """Variants named by the config keys that tell them apart ("norm=batch"), in a stable order."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[variant_key(run)].append(run)
+    keys = list(groups)
+    differing = sorted({k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)})
+
+    def label(key: tuple) -> str:
+        config = dict(key)
+        if not differing:
+            return config.get("name", "all runs")
+        return ",".join(f"{k.removesuffix('.name')}={config.get(k, '-')}" for k in differing)
+
+    return {label(k): sorted(groups[k], key=lambda r: (str(r.seed), str(r.path))) for k in sorted(keys, key=label)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(variants: dict[str, list[Run]], baseline: str, target: float | None, fixed_targets: list[float]):
+    """One row per variant: the paper's Figure 3 columns, plus seeds, failures and fixed targets."""
+    if target is None:
+        target = statistics.fmean(max(a for _, a in r.accuracy) for r in variants[baseline])
+    reach = {name: [first_step_reaching(r.accuracy, target) for r in runs] for name, runs in variants.items()}
+    base_steps = [s for s in reach[baseline] if s is not None]
+    base_mean = statistics.fmean(base_steps) if base_steps else None
+    rows = []
+    for name, runs in variants.items():
+        steps = [s for s in reach[name] if s is not None]
+        steps_mean = mean_std(steps)
+        rows.append({
+            "variant": name,
+            "baseline": name == baseline,
+            "runs": len(runs),
+            "completed": sum(r.status == "completed" for r in runs),
+            "diverged": sum(r.status == "diverged" for r in runs),
+            "unfinished": sum(r.status not in ("completed", "diverged") for r in runs),
+            "best_accuracy": mean_std([max(a for _, a in r.accuracy) for r in runs]),
+            "final_accuracy": mean_std([r.accuracy[-1][1] for r in runs]),
+            "target": target,
+            "steps_to_target": steps_mean,
+            "reached_target": len(steps),
+            "speedup": base_mean / steps_mean[0] if base_mean and steps_mean and steps_mean[0] > 0 else None,
+            "steps_to": {t: mean_std([s for s in (first_step_reaching(r.accuracy, t) for r in runs) if s is not None])
+                         for t in fixed_targets},
+            "reached": {t: sum(first_step_reaching(r.accuracy, t) is not None for r in runs) for t in fixed_targets},
+            "wall_time_s": mean_std([r.summary["wall_time_s"] for r in runs if r.summary]),
+            "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == "diverged"],
+        })
+    return rows
+
+
+def fmt_acc(ms) -> str:
+    return "-" if ms is None else f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}%"
+
+
+def fmt_steps(ms, reached: int, runs: int) -> str:
+    if ms is None:
+        return "never"
+    text = f"{ms[0]:,.0f}" + (f" ± {ms[1]:,.0f}" if ms[1] else "")
+    return text if reached == runs else f"{text} ({reached}/{runs} runs)"
+
+
+def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
+    target = rows[0]["target"]
+    head = ["variant", "runs", f"steps to {100 * target:.2f}%", "speed-up", "best accuracy", "final accuracy",
+            *(f"steps to {100 * t:g}%" for t in fixed_targets), "wall time / run", "diverged", "unfinished"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r["variant"] + (" (baseline)" if r["baseline"] else ""),
+            str(r["runs"]),
+            fmt_steps(r["steps_to_target"], r["reached_target"], r["runs"]),
+            "-" if r["speedup"] is None else f"{r['speedup']:.1f}x",
+            fmt_acc(r["best_accuracy"]),
+            fmt_acc(r["final_accuracy"]),
+            *(fmt_steps(r["steps_to"][t], r["reached"][t], r["runs"]) for t in fixed_targets),
+            "-" if r["wall_time_s"] is None else f"{r['wall_time_s'][0]:.0f} s",
+            str(r["diverged"]) + (f" (at {', '.join(map(str, r['diverged_at']))})" if r["diverged_at"] else ""),
+            str(r["unfinished"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
+    def ms(prefix, value):
+        return {f"{prefix}_mean": value and value[0], f"{prefix}_std": value and value[1]}
+
+    flat_rows = []
+    for r in rows:
+        flat = {k: r[k] for k in ("variant", "baseline", "runs", "completed", "diverged", "unfinished", "target")}
+        flat.update(ms("steps_to_target", r["steps_to_target"]), reached_target=r["reached_target"],
+                    speedup=r["speedup"])
+        flat.update(ms("best_accuracy", r["best_accuracy"]), **ms("final_accuracy", r["final_accuracy"]))
+        flat.update(ms("wall_time_s", r["wall_time_s"]))
+        for t in fixed_targets:
+            flat.update(ms(f"steps_to_{t:g}", r["steps_to"][t]), **{f"reached_{t:g}": r["reached"][t]})
+        flat_rows.append(flat)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(flat_rows[0]))
+        writer.writeheader()
+        writer.writerows(flat_rows)
+
+
+def curve_stats(runs: list[Run], tag: str) -> list[tuple[int, int, float, float, float, float]]:
+    """(step, n, mean, std, min, max) of one scalar over the runs of a variant, per logged step."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for step, value in run.curves.get(tag, {}).items():
+            by_step[step].append(value)
+    out = []
+    for step in sorted(by_step):
+        v = by_step[step]
+        out.append((step, len(v), statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, min(v), max(v)))
+    return out
+
+
+def probe_layers(run: Run) -> list[str]:
+    return sorted({tag.split("/")[1] for tag in run.curves if tag.startswith("probe/")})
+
+
+def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
+    """The data behind the figures: accuracy over seeds per step, and the probe of each variant's first seed."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "step", "runs", "test_accuracy_mean", "test_accuracy_std", "test_accuracy_min",
+                    "test_accuracy_max", "probe_run", "probe_layer", "probe_p15", "probe_p50", "probe_p85"])
+        for name, runs in variants.items():
+            first = runs[0]
+            layer = (probe_layers(first) or [""])[-1]
+            probe = {q: first.curves.get(f"probe/{layer}/{q}", {}) for q in ("p15", "p50", "p85")}
+            for step, n, mean, std, lo, hi in curve_stats(runs, "test/accuracy"):
+                w.writerow([name, step, n, mean, std, lo, hi, first.path.name, layer,
+                            *(probe[q].get(step, "") for q in ("p15", "p50", "p85"))])
+
+
+def plot_figures(variants: dict[str, list[Run]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def accuracy_panel(ax, log_x=False):
+        for i, (name, runs) in enumerate(variants.items()):
+            stats = [s for s in curve_stats(runs, "test/accuracy") if not (log_x and s[0] == 0)]
+            steps = [s[0] for s in stats]
+            ax.plot(steps, [s[2] for s in stats], color=colors[i % len(colors)], label=f"{name} ({len(runs)} runs)")
+            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=colors[i % len(colors)],
+                            alpha=0.2, linewidth=0)
+        ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
+        ax.set_ylabel("test accuracy")
+        if log_x:
+            ax.set_xscale("log")
+        means = [s[2] for runs in variants.values() for s in curve_stats(runs, "test/accuracy")]
+        tail = sorted(means)[len(means) // 10] if means else 0
+        ax.set_ylim(max(0.0, tail - 0.05), min(1.0, max(means, default=1) + 0.005))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+
+    written = []
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    accuracy_panel(axes[0])
+    accuracy_panel(axes[1], log_x=True)
+    fig.suptitle("Test accuracy vs training steps (line: mean over seeds; band: min-max)")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "accuracy.png")
+
+    probed = {name: runs[0] for name, runs in variants.items() if probe_layers(runs[0])}
+    if probed:
+        fig, axes = plt.subplots(1, 1 + len(probed), figsize=(4.2 * (1 + len(probed)), 3.8), squeeze=False)
+        axes = axes[0]
+        accuracy_panel(axes[0])
+        axes[0].set_title("(a) test accuracy")
+        for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=True)):
+            layer = probe_layers(run)[-1]
+            for q, style in (("p15", "--"), ("p50", "-"), ("p85", "--")):
+                points = sorted(run.curves[f"probe/{layer}/{q}"].items())
+                color = colors[list(variants).index(name) % len(colors)]
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color, label=q)
+            ax.set_title(f"({chr(ord('b') + i)}) {name}: input to a {layer} unit\n(seed {run.seed}; 15/50/85th pct)",
+                         fontsize=9)
+            ax.set_xlabel("training steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "figure.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "figure.png")
+    return written
+
+
+def pick_baseline(variants: dict[str, list[Run]], wanted: str | None) -> str:
+    if wanted is not None:
+        matches = [name for name in variants if name == wanted] or [name for name in variants if wanted in name]
+        if len(matches) != 1:
+            raise SystemExit(f"bnexp report: error: --baseline {wanted!r} matches {len(matches)} variants "
+                             f"({', '.join(variants)}); name one of them")
+        return matches[0]
+    without_norm = [name for name, runs in variants.items() if runs[0].config.get("norm.name") == "none"]
+    return without_norm[0] if len(without_norm) == 1 else next(iter(variants))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bnexp report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweeps, or folders of them")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--target", type=float, help="accuracy to reach (default: the baseline's best, mean over seeds)")
+    which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
+    parser.add_argument("--targets", default="", help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
+    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv and figures here")
+    args = parser.parse_args(argv)
+    if args.target is not None and not 0 < args.target <= 1:
+        parser.error(f"--target is an accuracy in (0, 1], got {args.target}")
+    try:
+        fixed_targets = [float(t) for t in args.targets.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--targets takes accuracies separated by commas, got {args.targets!r}")
+
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"bnexp report: error: no such path: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    runs, left_out = [], []
+    for path in find_run_dirs(args.paths):
+        try:
+            runs.append(load_run(path))
+        except ValueError as e:
+            left_out.append((path, str(e)))
+    for path, why in left_out:
+        print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
+    if not runs:
+        print(f"bnexp report: error: no readable runs under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 2
+
+    variants = group_variants(runs)
+    baseline = pick_baseline(variants, args.baseline)
+    rows = summarize(variants, baseline, args.target, fixed_targets)
+    table = markdown_table(rows, fixed_targets)
+    source = "--target" if args.target is not None else f"the best accuracy of {baseline}, mean over its runs"
+    print(f"{len(runs)} runs in {len(variants)} variants; target {100 * rows[0]['target']:.2f}% ({source})\n")
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.md").write_text(table)
+        write_csv(rows, fixed_targets, args.out / "report.csv")
+        write_curves_csv(variants, args.out / "curves.csv")
+        for path in plot_figures(variants, args.out):
+            print(f"wrote {path}")
+    return 0

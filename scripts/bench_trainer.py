@@ -1,0 +1,83 @@
+"""bnexp's trainer against a bare PyTorch loop: steps/s of each and their ratio.
+
+Both train the same model on the same device-resident data with the same batch size, in one
+process, alternating so that machine noise hits both alike. bnexp runs as configured (evaluation
+every eval_every steps with the percentile probe on, TensorBoard and CSV logging); the bare loop
+does nothing but train. Target: ratio >= 0.9 at eval_every=500.
+
+    python scripts/bench_trainer.py                      # the Figure 1 MLP on MNIST with BN
+    python scripts/bench_trainer.py --steps 2000 norm=none data=synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from bnexp import data as datasets
+from bnexp import models
+from bnexp.cli import config_dir
+from bnexp.train import pick_device, run
+
+
+def bare_loop(cfg, steps: int) -> float:
+    """The loop a researcher would write by hand: steps/s, no evaluation, no logging."""
+    device = pick_device(cfg.trainer.device)
+    torch.manual_seed(cfg.trainer.seed)
+    source = datasets.build(cfg.data, cfg.trainer, device)
+    x_all, y_all, batch = source.train_x, source.train_y, cfg.trainer.batch_size
+    model = models.build(cfg.model, cfg.norm, source.input_shape, source.num_classes).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * cfg.optim.lr_mult, momentum=cfg.optim.momentum)
+    per_epoch = len(x_all) // batch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for step in range(steps):
+        if step % per_epoch == 0:
+            perm = torch.randperm(len(x_all), device=device)
+        idx = perm[(step % per_epoch) * batch : (step % per_epoch + 1) * batch]
+        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - start)
+
+
+def bnexp_trainer(cfg, steps: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(cfg, Path(tmp))["steps_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for bnexp train")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[f"trainer.max_steps={args.steps}", "trainer.progress=false",
+                                           *args.overrides])
+    results = {"bare loop": [], "bnexp": []}
+    for _ in range(args.repeats):
+        results["bare loop"].append(bare_loop(cfg, args.steps))
+        results["bnexp"].append(bnexp_trainer(cfg, args.steps))
+    bare, ours = (statistics.median(results[k]) for k in ("bare loop", "bnexp"))
+    print(f"model={cfg.model.name} norm={cfg.norm.name} data={cfg.data.name} batch={cfg.trainer.batch_size} "
+          f"steps={args.steps} eval_every={cfg.trainer.eval_every} device={pick_device(cfg.trainer.device)} "
+          f"threads={torch.get_num_threads()} repeats={args.repeats} (median)")
+    for name, values in results.items():
+        print(f"  {name:9s} {statistics.median(values):8.1f} steps/s   runs: {', '.join(f'{v:.1f}' for v in values)}")
+    print(f"  ratio bnexp / bare loop = {ours / bare:.3f}  (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

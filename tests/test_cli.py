@@ -1,0 +1,131 @@
+"""The real `bnexp` entry point, in a subprocess, on synthetic data."""
+
+import csv
+import json
+from collections import defaultdict
+
+import pytest
+from conftest import FAST, run_dirs, summaries
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+TAGS = {"train/loss", "train/error", "test/error", "test/accuracy", "test/loss", "opt/lr", "perf/steps_per_s",
+        *(f"probe/hidden{i}/p{q}" for i in (1, 2, 3) for q in (15, 50, 85))}
+
+
+def read_csv(run_dir):
+    out = defaultdict(dict)
+    with open(run_dir / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            out[row["tag"]][int(row["step"])] = float(row["value"])
+    return out
+
+
+def test_help_lists_the_subcommands(bnexp):
+    done = bnexp("--help")
+    assert done.returncode == 0
+    assert "train" in done.stdout
+
+
+def test_unknown_subcommand_is_an_error(bnexp):
+    done = bnexp("fly")
+    assert done.returncode == 2
+    assert "unknown command 'fly'" in done.stderr
+
+
+def test_train_run_writes_events_csv_and_summary_that_agree(bnexp, runs_root):
+    done = bnexp("train", *FAST, "trainer.targets=[0.5,1.0]")
+    assert done.returncode == 0, done.stderr
+    [run_dir] = run_dirs(runs_root)
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert TAGS <= set(events.Tags()["scalars"])
+    hparams = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(0.5)
+    assert start.session_start_info.hparams["norm.name"].string_value == "batch"
+    assert "trainer.seed" in start.session_start_info.hparams
+    metrics = read_csv(run_dir)
+    assert set(metrics) == set(events.Tags()["scalars"])  # the same scalars in both places
+    for tag in TAGS:
+        from_events = {e.step: e.value for e in events.Scalars(tag)}
+        assert from_events.keys() == metrics[tag].keys()
+        assert all(metrics[tag][s] == pytest.approx(v, rel=1e-6) for s, v in from_events.items())
+
+    # Evaluations at step 0, every eval_every and the end; training scalars every log_every.
+    assert sorted(metrics["test/accuracy"]) == [0, 100, 200]
+    assert sorted(metrics["train/loss"]) == [50, 100, 150, 200]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    accuracy = metrics["test/accuracy"]
+    assert summary["status"] == "completed" and summary["steps"] == 200
+    assert summary["final_accuracy"] == accuracy[200]
+    assert summary["best_accuracy"] == max(accuracy.values())
+    assert accuracy[summary["best_step"]] == summary["best_accuracy"]
+    assert summary["steps_to_target"]["0.5"] == min(s for s, a in accuracy.items() if a >= 0.5)
+    assert summary["best_accuracy"] > 0.5  # it learned something
+    assert (run_dir / "config.yaml").exists() and (run_dir / "train.log").exists()
+
+
+def test_no_hparams_sub_run(bnexp, runs_root):
+    assert bnexp("train", *FAST).returncode == 0
+    [run_dir] = run_dirs(runs_root)
+    event_dirs = {p.parent for p in runs_root.rglob("events.out.tfevents.*")}
+    assert event_dirs == {run_dir}
+
+
+def test_sweep_makes_one_run_dir_per_job(bnexp, runs_root):
+    done = bnexp("train", "-m", "norm=none,batch", *FAST)
+    assert done.returncode == 0, done.stderr
+    dirs = run_dirs(runs_root)
+    assert len(dirs) == 2
+    assert [("norm=batch" in d.name, "norm=none" in d.name) for d in dirs] == [(False, True), (True, False)]
+    assert [s["status"] for s in summaries(runs_root)] == ["completed", "completed"]
+
+
+def test_same_seed_same_result(bnexp, runs_root):
+    done = bnexp("train", "-m", "trainer.seed=3,3", *FAST)
+    assert done.returncode == 0, done.stderr
+    a, b = summaries(runs_root)
+    assert a["final_accuracy"] == b["final_accuracy"]
+    c, d = [read_csv(r)["train/loss"] for r in run_dirs(runs_root)]
+    assert c == d
+
+
+def test_fig1_preset_composes_with_either_norm(bnexp):
+    done = bnexp("train", "experiment=fig1_mnist", "norm=none", "--cfg", "job")
+    assert done.returncode == 0, done.stderr
+    assert "norm:\n  name: none" in done.stdout
+    assert "max_steps: 50000" in done.stdout and "batch_size: 60" in done.stdout
+    assert "name: fig1_mnist" in done.stdout
+    default = bnexp("train", "--cfg", "job")
+    assert "norm:\n  name: batch" in default.stdout and "name: mnist" in default.stdout
+
+
+def test_lr_mult_scales_the_logged_learning_rate(bnexp, runs_root):
+    assert bnexp("train", *FAST, "optim.lr=0.01", "optim.lr_mult=30").returncode == 0
+    [run_dir] = run_dirs(runs_root)
+    assert all(lr == pytest.approx(0.3) for lr in read_csv(run_dir)["opt/lr"].values())
+
+
+def test_exponential_schedule_decays_in_steps(bnexp, runs_root):
+    done = bnexp("train", *FAST, "schedule=exponential", "optim.lr=0.1", "schedule.decay_rate=0.5",
+                 "schedule.decay_steps=100")
+    assert done.returncode == 0, done.stderr
+    lr = read_csv(run_dirs(runs_root)[0])["opt/lr"]
+    # lr used by step s (1-based) is 0.1 * 0.5 ** floor((s - 1) / 100)
+    assert lr == {50: pytest.approx(0.1), 100: pytest.approx(0.1), 150: pytest.approx(0.05), 200: pytest.approx(0.05)}
+
+
+def test_divergence_is_a_result(bnexp, runs_root):
+    done = bnexp("train", *FAST, "norm=none", "model.activation=relu", "optim.lr=1e30")
+    assert done.returncode == 0, done.stderr
+    [summary] = summaries(runs_root)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_at_step"] <= 50
+    assert summary["steps"] >= summary["diverged_at_step"]
+
+
+def test_shell_completion_offers_config_groups(bnexp):
+    done = bnexp("-sc", "query=bash", env={"COMP_LINE": "bnexp train norm=", "COMP_POINT": "18"})
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"norm=batch", "norm=none"}

@@ -1,0 +1,59 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from bnexp import models
+
+MLP_CFG = OmegaConf.create({"name": "mlp", "hidden": [100, 100, 100], "activation": "sigmoid", "init_std": 0.1})
+BATCH = OmegaConf.create({"name": "batch", "eps": 1e-5, "momentum": 0.1})
+NONE = OmegaConf.create({"name": "none"})
+
+
+def linears(model):
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_paper_mlp_shapes():
+    model = models.build(MLP_CFG, NONE, (1, 28, 28), 10)
+    assert [(m.in_features, m.out_features) for m in linears(model)] == [(784, 100), (100, 100), (100, 100), (100, 10)]
+    assert model(torch.rand(7, 1, 28, 28)).shape == (7, 10)
+
+
+def test_bias_dropped_where_bn_follows():
+    model = models.build(MLP_CFG, BATCH, (1, 28, 28), 10)
+    hidden, classifier = linears(model)[:3], linears(model)[3]
+    assert all(m.bias is None for m in hidden)
+    assert classifier.bias is not None  # no BN before the softmax
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 3
+    # BN sits between Wu and the sigmoid: linear -> norm -> act in every hidden block.
+    assert [list(block._modules) for block in model.hidden] == [["linear", "norm", "act"]] * 3
+
+
+def test_bias_kept_without_norm():
+    assert all(m.bias is not None for m in linears(models.build(MLP_CFG, NONE, (1, 28, 28), 10)))
+
+
+def test_initialization_is_small_gaussian_with_configured_std():
+    torch.manual_seed(0)
+    cfg = OmegaConf.merge(MLP_CFG, {"init_std": 0.05})
+    weight = linears(models.build(cfg, NONE, (1, 28, 28), 10))[0].weight
+    assert weight.std().item() == pytest.approx(0.05, rel=0.05)
+    assert weight.mean().abs().item() < 0.005
+
+
+@pytest.mark.parametrize("activation, cls", [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)])
+def test_activation_is_configurable(activation, cls):
+    model = models.build(OmegaConf.merge(MLP_CFG, {"activation": activation}), NONE, (1, 28, 28), 10)
+    assert all(isinstance(p, cls) for p in model.probe_points().values())
+
+
+def test_probe_points_are_the_sigmoid_inputs():
+    model = models.build(MLP_CFG, BATCH, (1, 28, 28), 10)
+    seen = {}
+    model.probe_points()["hidden3"].register_forward_pre_hook(lambda m, inp: seen.setdefault("x", inp[0]))
+    x = torch.rand(5, 1, 28, 28)
+    model(x)
+    last = model.hidden[2]
+    expected = last.norm(last.linear(model.hidden[1](model.hidden[0](x.flatten(1)))))
+    assert torch.allclose(seen["x"], expected)
