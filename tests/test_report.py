@@ -1,0 +1,99 @@
+"""`bnexp report`: exact arithmetic on hand-made runs, and the real CLI on real runs."""
+
+import csv
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from bnexp import report
+from conftest import FAST
+
+
+def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0):
+    """A run directory as bnexp writes it, with a hand-made test/accuracy curve."""
+    path = root / name
+    path.mkdir(parents=True)
+    OmegaConf.save({"name": "toy", "norm": {"name": norm}, "trainer": {"seed": seed}}, path / "config.yaml")
+    with open(path / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "tag", "value"])
+        for step, acc in accuracy.items():
+            w.writerow([step, "test/accuracy", acc])
+    if status:
+        (path / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": wall, "diverged_at_step":
+                                                       1234 if status == "diverged" else None}))
+    return path
+
+
+def test_first_crossing_and_never():
+    history = [(0, 0.1), (1000, 0.5), (2000, 0.89), (3000, 0.9), (4000, 0.95)]
+    assert report.first_step_reaching(history, 0.9) == 3000
+    assert report.first_step_reaching(history, 0.96) is None
+
+
+def test_table_arithmetic(tmp_path):
+    # Baseline (no norm): best 0.90 and 0.92 -> target 0.91, reached at 6000 by seed 1 only.
+    make_run(tmp_path, "a0", "none", 0, {0: 0.1, 3000: 0.85, 6000: 0.90})
+    make_run(tmp_path, "a1", "none", 1, {0: 0.1, 3000: 0.88, 6000: 0.92})
+    # BN: reaches 0.91 at 1000 and 2000 -> mean 1500, speed-up 6000 / 1500 = 4.
+    make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96}, wall=20)
+    make_run(tmp_path, "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97}, wall=30)
+    variants = report.group_variants([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+    assert list(variants) == ["norm=batch", "norm=none"]
+    rows = {r["variant"]: r for r in report.summarize(variants, "norm=none", None, [0.95])}
+    assert rows["norm=none"]["target"] == pytest.approx(0.91)
+    assert rows["norm=none"]["steps_to_target"] == (6000, 0)
+    assert rows["norm=none"]["reached_target"] == 1
+    assert rows["norm=batch"]["steps_to_target"][0] == 1500
+    assert rows["norm=batch"]["speedup"] == pytest.approx(4.0)
+    assert rows["norm=batch"]["best_accuracy"][0] == pytest.approx(0.965)
+    assert rows["norm=batch"]["best_accuracy"][1] == pytest.approx(0.00707, abs=1e-5)  # sample std
+    assert rows["norm=batch"]["final_accuracy"][0] == pytest.approx(0.965)
+    assert rows["norm=batch"]["steps_to"][0.95] == (1500, pytest.approx(707.1, abs=0.1))
+    assert rows["norm=none"]["steps_to"][0.95] is None
+    assert rows["norm=batch"]["wall_time_s"][0] == 25
+    table = report.markdown_table(list(rows.values()), [0.95])
+    assert "| norm=none (baseline) | 2 | 6,000 (1/2 runs) | 1.0x |" in table
+    assert "| never |" in table
+
+
+def test_explicit_target_and_failures_are_counted(tmp_path):
+    make_run(tmp_path, "a0", "none", 0, {0: 0.1, 500: 0.6}, status="diverged")
+    make_run(tmp_path, "a1", "none", 1, {0: 0.1, 500: 0.7}, status=None)  # still running, or killed
+    variants = report.group_variants([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+    [row] = report.summarize(variants, "toy", 0.65, [])
+    assert (row["diverged"], row["unfinished"], row["completed"]) == (1, 1, 0)
+    assert row["diverged_at"] == [1234]
+    assert row["steps_to_target"] == (500, 0) and row["reached_target"] == 1
+
+
+def test_cli_reports_damaged_runs_and_writes_files(bnexp, tmp_path):
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 100: 0.8})
+    make_run(tmp_path / "runs", "b0", "batch", 0, {0: 0.1, 100: 0.9})
+    broken = make_run(tmp_path / "runs", "c0", "batch", 1, {0: 0.1})
+    (broken / "metrics.csv").write_text("step,tag,value\nnot-a-number,test/accuracy,x\n")
+    done = bnexp("report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert f"left out {broken}: damaged metrics.csv" in done.stderr
+    assert "| norm=batch | 1 | 100 |" in done.stdout
+    for name in ("report.md", "report.csv", "curves.csv", "accuracy.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_cli_on_a_path_without_runs(bnexp, tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = bnexp("report", str(tmp_path / "empty"))
+    assert done.returncode == 2
+    assert "no readable runs under" in done.stderr
+    assert bnexp("report", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_report_on_a_real_sweep(bnexp, runs_root, tmp_path):
+    assert bnexp("train", "-m", "norm=none,batch", "trainer.seed=0,1", *FAST).returncode == 0
+    done = bnexp("report", str(runs_root), "--targets", "0.5", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "4 runs in 2 variants" in done.stdout
+    assert "norm=none (baseline) | 2 |" in done.stdout and "norm=batch | 2 |" in done.stdout
+    for name in ("accuracy.png", "figure.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
