@@ -2,12 +2,18 @@
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
-from conftest import FAST, run_dirs, summaries
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import FAST, run_dirs, summaries
 
 TAGS = {"train/loss", "train/error", "test/error", "test/accuracy", "test/loss", "opt/lr", "perf/steps_per_s",
         *(f"probe/hidden{i}/p{q}" for i in (1, 2, 3) for q in (15, 50, 85))}
@@ -129,3 +135,18 @@ def test_shell_completion_offers_config_groups(bnexp):
     done = bnexp("-sc", "query=bash", env={"COMP_LINE": "bnexp train norm=", "COMP_POINT": "18"})
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) == {"norm=batch", "norm=none"}
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    """A plain `pip install .` must find configs/ too: the wheel carries it as bnexp/configs."""
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "src"  # build from a copy: building writes build/ and *.egg-info/
+    shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "runs"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("bnexp-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {n.removeprefix("bnexp/configs/") for n in names if n.startswith("bnexp/configs/")}
+    in_repo = {str(p.relative_to(repo / "configs")) for p in (repo / "configs").rglob("*.yaml")}
+    assert "config.yaml" in shipped and in_repo <= shipped
+    assert "bnexp/cli.py" in names and "bnexp/models/mlp.py" in names

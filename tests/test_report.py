@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnexp import report
+
 from conftest import FAST
 
 
