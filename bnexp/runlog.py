@@ -20,9 +20,10 @@ HPARAM_METRICS = ("test/accuracy", "test/error", "train/loss", "summary/best_acc
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, hyperparameters: dict):
+    def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str]):
         self.dir = Path(run_dir)
         self.tb = SummaryWriter(log_dir=str(self.dir))
+        self.tb.add_custom_scalars(dashboard_layout(probe_layers))
         # Written into this run's own event file: SummaryWriter.add_hparams would make a sub-run.
         for summary in hparams(hyperparameters, dict.fromkeys(HPARAM_METRICS, 0.0)):
             self.tb.file_writer.add_summary(summary)
@@ -39,6 +40,25 @@ class RunLog:
         self.tb.close()
         self._csv_file.close()
         write_json_atomic(self.dir / "summary.json", summary)
+
+
+def dashboard_layout(probe_layers: list[str]) -> dict:
+    """TensorBoard's Custom Scalars page: every run's curves on shared charts, probes as margin charts.
+
+    Each run writes the same layout; TensorBoard merges them and drops the duplicates.
+    """
+    return {
+        "bnexp: all runs": {
+            "test error": ["Multiline", ["^test/error$"]],
+            "train loss": ["Multiline", ["^train/loss$"]],
+            "test accuracy": ["Multiline", ["^test/accuracy$"]],
+            "learning rate": ["Multiline", ["^opt/lr$"]],
+        },
+        "bnexp: input to a nonlinearity (p50 line, p15-p85 band)": {
+            layer: ["Margin", [f"probe/{layer}/p50", f"probe/{layer}/p15", f"probe/{layer}/p85"]]
+            for layer in probe_layers
+        },
+    }
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -46,7 +46,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True)
     hyperparameters = flatten({k: v for k, v in plain.items() if k != "runs_root"})
     hyperparameters.pop("data.root", None)  # where the data lives says nothing about the run
-    runlog = RunLog(run_dir, hyperparameters)
+    runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()))
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
              sum(p.numel() for p in model.parameters()))
     return Trainer(cfg.trainer, model, data, optimizer, schedule, runlog).fit()

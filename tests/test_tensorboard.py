@@ -1,0 +1,80 @@
+"""TensorBoard itself, live on loopback, serves what bnexp runs wrote: runs, scalars, layout, hparams."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, run_dirs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def tensorboard(runs_root):
+    """`tensorboard --logdir runs_root` on a free loopback port; stopped after the test."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "tensorboard"
+    proc = subprocess.Popen([str(binary), "--logdir", str(runs_root), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        yield base, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def wait_for_runs(base, proc, count, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            runs = fetch(f"{base}/data/runs")
+            if len(runs) >= count:
+                return runs
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise AssertionError(f"tensorboard did not serve {count} runs within {timeout} s")
+
+
+def test_live_tensorboard_serves_runs_tags_layout_and_hparams(bnexp, runs_root, tensorboard):
+    assert bnexp("train", "-m", "norm=none,batch", *FAST).returncode == 0
+    base, proc = tensorboard
+    names = {str(d.relative_to(runs_root)) for d in run_dirs(runs_root)}
+    assert set(wait_for_runs(base, proc, 2)) == names  # one TensorBoard run per bnexp run, no sub-runs
+
+    tags = fetch(f"{base}/data/plugin/scalars/tags")
+    for run in names:
+        assert {"test/error", "train/loss", "probe/hidden3/p50", "opt/lr"} <= set(tags[run])
+
+    layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
+    assert charts["test error"]["multiline"]["tag"] == ["^test/error$"]
+    assert charts["train loss"]["multiline"]["tag"] == ["^train/loss$"]
+    margin = charts["hidden3"]["margin"]["series"][0]
+    assert (margin["value"], margin["lower"], margin["upper"]) == (
+        "probe/hidden3/p50", "probe/hidden3/p15", "probe/hidden3/p85")
+
+    experiment = fetch(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+    hparams = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"model.name", "norm.name", "optim.lr", "optim.lr_mult", "trainer.batch_size", "trainer.seed"} <= hparams
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    assert {"test/accuracy", "summary/final_accuracy"} <= metrics
