@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("sigmoid", "relu")
+STEMS = ("auto", "imagenet", "small")
 
 
 class UserError(CompactHydraException):
@@ -40,6 +41,9 @@ def validate(cfg: DictConfig) -> None:
     _require(o.lr_mult > 0, f"optim.lr_mult must be > 0, got {o.lr_mult}")
     _require(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
     _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _require(o.weight_decay_mult >= 0, f"optim.weight_decay_mult must be >= 0, got {o.weight_decay_mult}")
+    _require(cfg.data.get("distort", 0) >= 0 and cfg.data.get("distort_mult", 1) >= 0,
+             "data.distort and data.distort_mult must be >= 0")
     if cfg.norm.name == "batch":
         # With one example per batch, BN's variance is 0 and every output is beta: nothing to learn.
         _require(
@@ -49,15 +53,18 @@ def validate(cfg: DictConfig) -> None:
         )
         _require(0 <= cfg.norm.momentum <= 1, f"norm.momentum must be in [0, 1], got {cfg.norm.momentum}")
         _require(cfg.norm.eps > 0, f"norm.eps must be > 0, got {cfg.norm.eps}")
-    if cfg.model.name == "mlp":
-        _require(
-            cfg.model.activation in ACTIVATIONS,
-            f"model.activation must be one of {ACTIVATIONS}, got {cfg.model.activation!r}",
-        )
-        _require(cfg.model.init_std > 0, f"model.init_std must be > 0, got {cfg.model.init_std}")
+    m = cfg.model
+    _require(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
+    if m.name == "mlp":
+        _require(m.init_std > 0, f"model.init_std must be > 0, got {m.init_std}")
+    if m.name == "inception":
+        _require(m.width > 0, f"model.width must be > 0, got {m.width}")
+        _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
+        _require(m.stem in STEMS, f"model.stem must be one of {STEMS}, got {m.stem!r}")
     if cfg.schedule.name == "exponential":
         _require(0 < cfg.schedule.decay_rate <= 1, "schedule.decay_rate must be in (0, 1]")
         _require(cfg.schedule.decay_steps > 0, "schedule.decay_steps must be > 0")
+        _require(cfg.schedule.speedup > 0, "schedule.speedup must be > 0")
     _require(not o.nesterov or o.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
 

@@ -40,9 +40,14 @@ IDX_FILES = {
 
 
 class DeviceData:
-    """Train and test tensors kept on one device; batches are drawn by indexing."""
+    """Train and test tensors kept on one device; batches are drawn by indexing.
 
-    def __init__(self, train_x, train_y, test_x, test_y, num_classes, batch_size, seed, eval_batch_size):
+    `augment(x, generator)`, if given, transforms each training batch on the device, with a
+    generator seeded from (seed, step) so that augmentation too is a pure function of the step.
+    """
+
+    def __init__(self, train_x, train_y, test_x, test_y, num_classes, batch_size, seed, eval_batch_size,
+                 augment=None):
         if batch_size > len(train_x):
             raise UserError(
                 f"bnexp: error: trainer.batch_size={batch_size} exceeds the {len(train_x)} training examples"
@@ -51,6 +56,7 @@ class DeviceData:
         self.num_classes = num_classes
         self.input_shape = tuple(train_x.shape[1:])
         self.batch_size, self.seed, self.eval_batch_size = batch_size, seed, eval_batch_size
+        self.augment = augment
         self.batches_per_epoch = len(train_x) // batch_size  # the last partial batch is dropped
         self._epoch, self._perm = -1, None
 
@@ -61,36 +67,155 @@ class DeviceData:
             self._perm = torch.randperm(len(self.train_x), generator=g).to(self.train_x.device)
             self._epoch = epoch
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.train_x[idx], self.train_y[idx]
+        x = self.train_x[idx]
+        if self.augment is not None:
+            g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step + 7)
+            x = self.augment(x, g)
+        return x, self.train_y[idx]
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.test_x), self.eval_batch_size):
             yield self.test_x[i : i + self.eval_batch_size], self.test_y[i : i + self.eval_batch_size]
 
 
-def build(cfg: DictConfig, trainer: DictConfig, device: torch.device) -> DeviceData:
+class FolderData:
+    """An ImageNet-style tree (train/<class>/*.jpg, val/<class>/*.jpg), too large for device memory:
+    read by DataLoader workers, random-resized-crop + flip (+ colour jitter) for training,
+    resize + center crop for evaluation. Each epoch's order comes from a generator seeded by (seed, epoch).
+    """
+
+    def __init__(self, cfg: DictConfig, trainer: DictConfig, device: torch.device):
+        from torchvision import datasets as tvd
+        from torchvision import transforms as T
+
+        root = Path(cfg.root)
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                raise UserError(f"bnexp: error: data.root={root} has no {split}/ folder "
+                                f"(expected {split}/<class>/<image files>)")
+        normalize = T.Normalize(list(cfg.mean), list(cfg.std))
+        distort = cfg.distort * cfg.distort_mult
+        jitter = [T.ColorJitter(distort, distort, distort)] if distort > 0 else []
+        train_tf = T.Compose([T.RandomResizedCrop(cfg.size, scale=(cfg.min_crop_scale, 1.0)),
+                              T.RandomHorizontalFlip(), *jitter, T.ToTensor(), normalize])
+        eval_tf = T.Compose([T.Resize(round(cfg.size * 256 / 224)), T.CenterCrop(cfg.size), T.ToTensor(), normalize])
+        try:
+            self.train = tvd.ImageFolder(str(root / "train"), train_tf)
+            self.val = tvd.ImageFolder(str(root / "val"), eval_tf)
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(f"bnexp: error: cannot read the image folders under {root}: {e}") from None
+        if self.train.classes != self.val.classes:
+            raise UserError(f"bnexp: error: {root}/train and {root}/val have different class folders")
+        if trainer.batch_size > len(self.train):
+            raise UserError(f"bnexp: error: trainer.batch_size={trainer.batch_size} exceeds the "
+                            f"{len(self.train)} training images")
+        self.num_classes, self.input_shape = len(self.train.classes), (3, cfg.size, cfg.size)
+        self.device, self.seed, self.cfg, self.trainer = device, trainer.seed, cfg, trainer
+        self.batches_per_epoch = len(self.train) // trainer.batch_size
+        self._epoch, self._batches = -1, None
+
+    def _loader(self, dataset, batch_size, shuffle, generator=None):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator, drop_last=shuffle,
+                          num_workers=self.cfg.workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._batches = iter(self._loader(self.train, self.trainer.batch_size, True, g))
+            for _ in range(i):  # a run resumed mid-epoch continues where it stopped
+                next(self._batches)
+            self._epoch = epoch
+        x, y = next(self._batches)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self._loader(self.val, self.trainer.eval_batch_size, False):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def build(cfg: DictConfig, trainer: DictConfig, device: torch.device) -> DeviceData | FolderData:
     """The batch source named by cfg.name, on `device`."""
+    if cfg.name == "imagefolder":
+        return FolderData(cfg, trainer, device)
+    distort = cfg.distort * cfg.distort_mult
+    augment = make_augment(0, False, distort) if distort > 0 else None
     if cfg.name == "mnist":
         (train_x, train_y), (test_x, test_y) = load_mnist(Path(cfg.root), download=cfg.download)
         num_classes = 10
+    elif cfg.name == "cifar10":
+        (train_x, train_y), (test_x, test_y) = load_cifar10(Path(cfg.root), download=cfg.download)
+        num_classes = 10
+        augment = make_augment(cfg.crop_padding, cfg.flip, distort)
     elif cfg.name == "synthetic":
         (train_x, train_y), (test_x, test_y) = make_synthetic(cfg)
         num_classes = cfg.num_classes
     else:
         raise UserError(f"bnexp: error: unknown data.name {cfg.name!r}")
+    # mean and std: one number, or one per channel.
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).reshape(-1, 1, 1)
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
         if images.dim() == 3:  # N x H x W -> N x 1 x H x W
             images = images.unsqueeze(1)
-        return images.sub_(cfg.mean).div_(cfg.std).to(device)
+        return images.sub_(mean).div_(std).to(device)
 
     return DeviceData(
         prepare(train_x), train_y.long().to(device), prepare(test_x), test_y.long().to(device),
         num_classes=num_classes, batch_size=trainer.batch_size, seed=trainer.seed,
-        eval_batch_size=trainer.eval_batch_size,
+        eval_batch_size=trainer.eval_batch_size, augment=augment,
     )
+
+
+def make_augment(padding: int, flip: bool, distort: float):
+    """Random crop (zero padding), horizontal flip and contrast/brightness jitter, batched on the device."""
+
+    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        dev = x.device
+        if padding:
+            padded = torch.nn.functional.pad(x, (padding,) * 4)
+            dy, dx = (torch.randint(0, 2 * padding + 1, (n, 1), generator=g, device=dev) for _ in range(2))
+            rows = (dy + torch.arange(h, device=dev))[:, None, :, None]
+            cols = (dx + torch.arange(w, device=dev))[:, None, None, :]
+            examples = torch.arange(n, device=dev)[:, None, None, None]
+            channels = torch.arange(c, device=dev)[None, :, None, None]
+            x = padded[examples, channels, rows, cols]
+        if flip:
+            x = torch.where(torch.rand(n, 1, 1, 1, generator=g, device=dev) < 0.5, x.flip(3), x)
+        if distort > 0:  # the paper's "photometric distortions", with a strength knob
+            contrast = 1 + distort * (2 * torch.rand(n, 1, 1, 1, generator=g, device=dev) - 1)
+            brightness = distort * (2 * torch.rand(n, 1, 1, 1, generator=g, device=dev) - 1)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * contrast + mean + brightness
+        return x
+
+    return augment
+
+
+def load_cifar10(root: Path, download: bool = True):
+    """CIFAR-10 as uint8 N x 3 x 32 x 32 tensors through torchvision (downloaded where there is internet)."""
+    from torchvision.datasets import CIFAR10
+
+    splits = []
+    for train in (True, False):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ds = CIFAR10(str(root), train=train, download=download)
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(
+                f"bnexp: error: CIFAR-10 could not be read or downloaded under {root} ({type(e).__name__}: {reason}); "
+                "put torchvision's cifar-10-batches-py folder there"
+            ) from None
+        splits.append((torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets)))
+    return splits[0], splits[1]
 
 
 def make_synthetic(cfg: DictConfig):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -109,7 +110,9 @@ def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
     for run in runs:
         groups[variant_key(run)].append(run)
     keys = list(groups)
-    differing = sorted({k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)})
+    differing = {k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)}
+    # A group's own options (norm.eps) differ whenever the group does (norm.name): name the group only.
+    differing = sorted(k for k in differing if k.endswith(".name") or f"{k.rsplit('.', 1)[0]}.name" not in differing)
 
     def label(key: tuple) -> str:
         config = dict(key)
@@ -117,7 +120,19 @@ def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
             return config.get("name", "all runs")
         return ",".join(f"{k.removesuffix('.name')}={config.get(k, '-')}" for k in differing)
 
-    return {label(k): sorted(groups[k], key=lambda r: (str(r.seed), str(r.path))) for k in sorted(keys, key=label)}
+    def natural(key: tuple) -> tuple:  # lr 2 before lr 10
+        values = [dict(key).get(k, "") for k in differing]
+        return tuple((0, float(v), "") if _is_number(v) else (1, 0.0, v) for v in values)
+
+    return {label(k): sorted(groups[k], key=lambda r: (str(r.seed), str(r.path))) for k in sorted(keys, key=natural)}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def mean_std(values: list[float]) -> tuple[float, float] | None:
@@ -245,59 +260,74 @@ def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
 
 
 def plot_figures(variants: dict[str, list[Run]], out: Path) -> list[Path]:
+    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    color = {name: cmap(i % cmap.N) for i, name in enumerate(variants)}
+    accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
+    means = sorted(s[2] for stats in accuracy.values() for s in stats)
+    # Zoom like the paper's Figure 1(a): hide the first few evaluations near chance.
+    y_range = (max(0.0, means[len(means) // 10] - 0.05), min(1.0, means[-1] + 0.005))
 
     def accuracy_panel(ax, log_x=False):
-        for i, (name, runs) in enumerate(variants.items()):
-            stats = [s for s in curve_stats(runs, "test/accuracy") if not (log_x and s[0] == 0)]
+        for name, stats in accuracy.items():
+            stats = [s for s in stats if not (log_x and s[0] == 0)]
             steps = [s[0] for s in stats]
-            ax.plot(steps, [s[2] for s in stats], color=colors[i % len(colors)], label=f"{name} ({len(runs)} runs)")
-            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=colors[i % len(colors)],
-                            alpha=0.2, linewidth=0)
+            runs = len(variants[name])
+            ax.plot(steps, [s[2] for s in stats], color=color[name], label=f"{name} ({runs} run{'s' * (runs > 1)})")
+            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=color[name], alpha=0.2,
+                            linewidth=0)
         ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
         ax.set_ylabel("test accuracy")
         if log_x:
             ax.set_xscale("log")
-        means = [s[2] for runs in variants.values() for s in curve_stats(runs, "test/accuracy")]
-        tail = sorted(means)[len(means) // 10] if means else 0
-        ax.set_ylim(max(0.0, tail - 0.05), min(1.0, max(means, default=1) + 0.005))
+        ax.set_ylim(*y_range)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
 
-    written = []
+    def legend(fig, axes):
+        if len(variants) <= 4:
+            axes[0].legend(loc="lower right", fontsize=8)
+        else:
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     accuracy_panel(axes[0])
     accuracy_panel(axes[1], log_x=True)
+    legend(fig, axes)
     fig.suptitle("Test accuracy vs training steps (line: mean over seeds; band: min-max)")
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
+    fig.savefig(out / "accuracy.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    written.append(out / "accuracy.png")
+    written = [out / "accuracy.png"]
 
     probed = {name: runs[0] for name, runs in variants.items() if probe_layers(runs[0])}
     if probed:
-        fig, axes = plt.subplots(1, 1 + len(probed), figsize=(4.2 * (1 + len(probed)), 3.8), squeeze=False)
-        axes = axes[0]
+        panels = 1 + len(probed)
+        ncols = min(panels, 4)
+        nrows = math.ceil(panels / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
+        axes = axes.flatten()
         accuracy_panel(axes[0])
         axes[0].set_title("(a) test accuracy")
-        for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=True)):
+        for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=False)):
             layer = probe_layers(run)[-1]
             for q, style in (("p15", "--"), ("p50", "-"), ("p85", "--")):
                 points = sorted(run.curves[f"probe/{layer}/{q}"].items())
-                color = colors[list(variants).index(name) % len(colors)]
-                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color, label=q)
-            ax.set_title(f"({chr(ord('b') + i)}) {name}: input to a {layer} unit\n(seed {run.seed}; 15/50/85th pct)",
-                         fontsize=9)
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color[name], label=q)
+            ax.set_title(f"({chr(ord('b') + i)}) {name}\ninput to one {layer} unit, seed {run.seed}", fontsize=9)
             ax.set_xlabel("training steps")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
+        for ax in axes[panels:]:
+            ax.set_visible(False)
+        legend(fig, axes)
         fig.tight_layout()
-        fig.savefig(out / "figure.png", dpi=120)
+        fig.savefig(out / "figure.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(out / "figure.png")
     return written

@@ -39,7 +39,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         lr=cfg.optim.lr * cfg.optim.lr_mult,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
-        weight_decay=cfg.optim.weight_decay,
+        weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -64,7 +64,7 @@ def lr_factor(cfg: DictConfig):
         return lambda step: 1.0
     if cfg.name == "exponential":
         def exponential(step: int) -> float:
-            intervals = step / cfg.decay_steps
+            intervals = step * cfg.speedup / cfg.decay_steps
             return cfg.decay_rate ** (math.floor(intervals) if cfg.staircase else intervals)
 
         return exponential
@@ -149,14 +149,14 @@ class Trainer:
     def evaluate(self) -> None:
         """Test-set accuracy of the inference network (eval mode: population statistics)."""
         self.model.eval()
-        correct = loss_sum = 0
+        correct = loss_sum = n = 0
         with self.probe.recording():
             for x, y in self.data.eval_batches():
                 logits = self.model(x)
                 loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
+                n += len(y)
         self.model.train()
-        n = len(self.data.test_y)
         accuracy = correct.item() / n
         self.history.append((self.step, accuracy))
         self.log.scalars(self.step, {

@@ -16,7 +16,8 @@ out=results/fig1_mnist
 if [ "${LR_SWEEP:-0}" = 1 ]; then
   "$bnexp" train -m experiment=fig1_mnist norm=none,batch optim.lr=0.05,0.1,0.2,0.5,1.0,2.0,4.0 \
     trainer.progress=false hydra.sweep.dir="$sweeps/lr_sweep_$stamp"
-  "$bnexp" report "$sweeps/lr_sweep_$stamp" --targets 0.97,0.98 --out "$out/lr_sweep"
+  "$bnexp" report "$sweeps/lr_sweep_$stamp" --baseline norm=none,optim.lr=2.0 --targets 0.97,0.98 \
+    --out "$out/lr_sweep"
 fi
 
 "$bnexp" train -m experiment=fig1_mnist norm=none,batch trainer.seed=0,1,2,3,4 \

@@ -11,6 +11,7 @@ from torch import nn
 
 from bnexp import norm
 from bnexp.config import UserError
+from bnexp.models.inception import Inception
 from bnexp.models.mlp import MLP
 
 
@@ -21,4 +22,9 @@ def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes
         for d in input_shape:
             in_features *= d
         return MLP(in_features, num_classes, list(cfg.hidden), cfg.activation, cfg.init_std, norm_builder)
+    if cfg.name == "inception":
+        if len(input_shape) != 3:
+            raise UserError(f"bnexp: error: model=inception needs images (channels, height, width), got {input_shape}")
+        return Inception(input_shape[0], num_classes, input_shape[-1], cfg.width, cfg.stem, cfg.activation,
+                         cfg.dropout, cfg.lrn, norm_builder)
     raise UserError(f"bnexp: error: unknown model.name {cfg.name!r}")

@@ -103,7 +103,7 @@ class Inception(nn.Module):
         for name, spec in MODULES.items():
             modules[name] = InceptionModule(channels, spec, width, norm_builder, activation)
             channels = modules[name].out_channels
-        self.modules_ = nn.Sequential(modules)
+        self.blocks = nn.Sequential(modules)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(channels, num_classes))
         for m in self.modules():
@@ -117,7 +117,7 @@ class Inception(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.modules_(self.stem(x)))
+        return self.head(self.blocks(self.stem(x)))
 
     def probe_points(self) -> dict[str, nn.Module]:
-        return {f"inception{name}": self.modules_[name].double3[-1].act for name in PROBED}
+        return {f"inception{name}": self.blocks.get_submodule(name).double3[-1].act for name in PROBED}
