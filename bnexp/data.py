@@ -67,11 +67,11 @@ class DeviceData:
             self._perm = torch.randperm(len(self.train_x), generator=g).to(self.train_x.device)
             self._epoch = epoch
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
-        x = self.train_x[idx]
+        x = torch.index_select(self.train_x, 0, idx)  # several times faster than x[idx] on CPU
         if self.augment is not None:
             g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step + 7)
             x = self.augment(x, g)
-        return x, self.train_y[idx]
+        return x, torch.index_select(self.train_y, 0, idx)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.test_x), self.eval_batch_size):

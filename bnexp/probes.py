@@ -18,28 +18,26 @@ PERCENTILES = (15, 50, 85)
 
 class PercentileProbe:
     def __init__(self, points: dict[str, nn.Module], unit: int):
-        self.unit = unit
+        self.points, self.unit = points, unit
         self._values: dict[str, list[torch.Tensor]] = {name: [] for name in points}
-        self._recording = False
-        for name, module in points.items():
-            module.register_forward_pre_hook(self._hook(name))
 
     def _hook(self, name: str):
         def record(module, inputs):
-            if self._recording:
-                self._values[name].append(inputs[0][:, self.unit].detach().flatten().float())
+            self._values[name].append(inputs[0][:, self.unit].detach().flatten().float())
 
         return record
 
     @contextmanager
     def recording(self):
+        """Hooks exist only while recording: training steps pay nothing for the probe."""
         for values in self._values.values():
             values.clear()
-        self._recording = True
+        handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in self.points.items()]
         try:
             yield
         finally:
-            self._recording = False
+            for handle in handles:
+                handle.remove()
 
     def percentiles(self) -> dict[str, float]:
         q = torch.tensor([p / 100 for p in PERCENTILES])

@@ -370,22 +370,32 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(load_run(path))
         except ValueError as e:
             left_out.append((path, str(e)))
-    for path, why in left_out:
-        print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
     if not runs:
+        for path, why in left_out:
+            print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
         print(f"bnexp report: error: no readable runs under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 2
 
     variants = group_variants(runs)
     baseline = pick_baseline(variants, args.baseline)
+    variants = {baseline: variants[baseline], **variants}  # the baseline first, as in the paper's tables
     rows = summarize(variants, baseline, args.target, fixed_targets)
-    table = markdown_table(rows, fixed_targets)
     source = "--target" if args.target is not None else f"the best accuracy of {baseline}, mean over its runs"
-    print(f"{len(runs)} runs in {len(variants)} variants; target {100 * rows[0]['target']:.2f}% ({source})\n")
-    print(table)
+    lines = [f"{len(runs)} runs in {len(variants)} variants; target {100 * rows[0]['target']:.2f}% ({source}).", ""]
+    for key in ("data.name", "model.name"):
+        values = sorted({str(r.config.get(key)) for r in runs})
+        if len(values) > 1:
+            lines += [f"Note: the runs differ in {key} ({', '.join(values)}): the table compares across them.", ""]
+    lines.append(markdown_table(rows, fixed_targets))
+    if left_out:
+        lines += ["Left out (not readable):", *(f"- {path}: {why}" for path, why in left_out), ""]
+    text = "\n".join(lines)
+    print(text)
+    for path, why in left_out:
+        print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "report.md").write_text(table)
+        (args.out / "report.md").write_text(text)
         write_csv(rows, fixed_targets, args.out / "report.csv")
         write_curves_csv(variants, args.out / "curves.csv")
         for path in plot_figures(variants, args.out):

@@ -34,14 +34,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(cfg.trainer.seed)
     data = datasets.build(cfg.data, cfg.trainer, device)
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+    base_lr, factor = cfg.optim.lr * cfg.optim.lr_mult, lr_factor(cfg.schedule)
     optimizer = torch.optim.SGD(
         model.parameters(),
-        lr=cfg.optim.lr * cfg.optim.lr_mult,
+        lr=base_lr,
         momentum=cfg.optim.momentum,
         nesterov=cfg.optim.nesterov,
         weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     plain = OmegaConf.to_container(cfg, resolve=True)
     hyperparameters = flatten({k: v for k, v in plain.items() if k != "runs_root"})
@@ -49,7 +49,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()))
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
              sum(p.numel() for p in model.parameters()))
-    return Trainer(cfg.trainer, model, data, optimizer, schedule, runlog).fit()
+    return Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog).fit()
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,9 +63,11 @@ def lr_factor(cfg: DictConfig):
     if cfg.name == "constant":
         return lambda step: 1.0
     if cfg.name == "exponential":
+        # Plain numbers: this runs every step, and reading a DictConfig costs microseconds.
+        rate, every, staircase = float(cfg.decay_rate), cfg.decay_steps / cfg.speedup, bool(cfg.staircase)
+
         def exponential(step: int) -> float:
-            intervals = step * cfg.speedup / cfg.decay_steps
-            return cfg.decay_rate ** (math.floor(intervals) if cfg.staircase else intervals)
+            return rate ** (math.floor(step / every) if staircase else step / every)
 
         return exponential
     raise ValueError(f"unknown schedule.name {cfg.name!r}")
@@ -76,9 +78,10 @@ def show_progress(setting) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, model, data, optimizer, schedule, runlog: RunLog):
+    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog: RunLog):
+        """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function."""
         self.cfg, self.model, self.data = cfg, model, data
-        self.optimizer, self.schedule, self.log = optimizer, schedule, runlog
+        self.optimizer, self.lr_at, self.log = optimizer, lr_at, runlog
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
@@ -106,23 +109,29 @@ class Trainer:
         """Step to max_steps; the step of the first non-finite loss if training diverges."""
         cfg, model = self.cfg, self.model
         model.train()
-        losses, errors, lr = [], [], 0.0
+        # Kept on the device and reduced once per log window: no synchronisation per step.
+        losses, logits_seen, labels_seen, lr = [], [], [], None
         window_start = time.perf_counter()
-        while self.step < cfg.max_steps:
+        # Plain ints: reading a DictConfig costs microseconds, too much for every step.
+        max_steps, eval_every, log_every = int(cfg.max_steps), int(cfg.eval_every), int(cfg.log_every)
+        while self.step < max_steps:
+            if (step_lr := self.lr_at(self.step)) != lr:
+                lr = step_lr
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             x, y = self.data.next_batch(self.step)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
-            self.schedule.step()
             self.step += 1
             losses.append(loss.detach())
-            errors.append((logits.detach().argmax(1) != y).float().mean())
+            logits_seen.append(logits.detach())
+            labels_seen.append(y)
 
-            evaluate_now = self.step % cfg.eval_every == 0 or self.step == cfg.max_steps
-            if evaluate_now or self.step % cfg.log_every == 0:
+            evaluate_now = self.step % eval_every == 0 or self.step == max_steps
+            if evaluate_now or self.step % log_every == 0:
                 window = torch.stack(losses)
                 finite = torch.isfinite(window)
                 if not finite.all():
@@ -133,13 +142,13 @@ class Trainer:
                 mean_loss = window.mean().item()
                 self.log.scalars(self.step, {
                     "train/loss": mean_loss,
-                    "train/error": torch.stack(errors).mean().item(),
+                    "train/error": (torch.cat(logits_seen).argmax(1) != torch.cat(labels_seen)).float().mean().item(),
                     "opt/lr": lr,
                     "perf/steps_per_s": len(losses) / elapsed,
                 })
                 self.bar.update(len(losses))
                 self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
-                losses, errors = [], []
+                losses, logits_seen, labels_seen = [], [], []
                 if evaluate_now:
                     self.evaluate()
                 window_start = time.perf_counter()

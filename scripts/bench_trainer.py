@@ -70,13 +70,16 @@ def main() -> None:
     for _ in range(args.repeats):
         results["bare loop"].append(bare_loop(cfg, args.steps))
         results["bnexp"].append(bnexp_trainer(cfg, args.steps))
-    bare, ours = (statistics.median(results[k]) for k in ("bare loop", "bnexp"))
     print(f"model={cfg.model.name} norm={cfg.norm.name} data={cfg.data.name} batch={cfg.trainer.batch_size} "
           f"steps={args.steps} eval_every={cfg.trainer.eval_every} device={pick_device(cfg.trainer.device)} "
-          f"threads={torch.get_num_threads()} repeats={args.repeats} (median)")
+          f"threads={torch.get_num_threads()} repeats={args.repeats}")
     for name, values in results.items():
-        print(f"  {name:9s} {statistics.median(values):8.1f} steps/s   runs: {', '.join(f'{v:.1f}' for v in values)}")
-    print(f"  ratio bnexp / bare loop = {ours / bare:.3f}  (target >= 0.9)")
+        print(f"  {name:9s} best {max(values):8.1f} steps/s, median {statistics.median(values):8.1f}   "
+              f"runs: {', '.join(f'{v:.1f}' for v in values)}")
+    # On a noisy machine the best of N runs is the least disturbed one (as timeit reports).
+    pairs = [ours / bare for bare, ours in zip(results["bare loop"], results["bnexp"], strict=True)]
+    print(f"  ratio bnexp / bare loop: {max(results['bnexp']) / max(results['bare loop']):.3f} (best of each), "
+          f"{statistics.median(pairs):.3f} (median of back-to-back pairs)  target >= 0.9")
 
 
 if __name__ == "__main__":

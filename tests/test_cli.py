@@ -48,7 +48,7 @@ def test_train_run_writes_events_csv_and_summary_that_agree(bnexp, runs_root):
     assert TAGS <= set(events.Tags()["scalars"])
     hparams = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
-    assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(0.5)
+    assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(2.0)
     assert start.session_start_info.hparams["norm.name"].string_value == "batch"
     assert "trainer.seed" in start.session_start_info.hparams
     metrics = read_csv(run_dir)

@@ -76,7 +76,8 @@ def test_corrupt_files_give_a_clear_error(tmp_path):
 
 def synthetic(batch_size=32, seed=0):
     cfg = OmegaConf.create({"name": "synthetic", "n_train": 100, "n_test": 40, "num_classes": 10,
-                            "shape": [1, 4, 4], "noise": 1.0, "seed": 3, "mean": 0.0, "std": 1.0})
+                            "shape": [1, 4, 4], "noise": 1.0, "seed": 3, "mean": 0.0, "std": 1.0,
+                            "distort": 0.0, "distort_mult": 1.0})
     trainer = OmegaConf.create({"batch_size": batch_size, "seed": seed, "eval_batch_size": 16})
     return data.build(cfg, trainer, torch.device("cpu"))
 

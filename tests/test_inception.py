@@ -14,6 +14,7 @@ from bnexp import data, models, norm
 from bnexp.cli import config_dir
 from bnexp.models.inception import MODULES, Inception
 from bnexp.train import lr_factor
+
 from conftest import run_dirs, summaries
 
 PRESETS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_x5", "inception_sigmoid"]

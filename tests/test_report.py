@@ -11,11 +11,12 @@ from bnexp import report
 from conftest import FAST
 
 
-def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0):
+def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0, data="mnist"):
     """A run directory as bnexp writes it, with a hand-made test/accuracy curve."""
     path = root / name
     path.mkdir(parents=True)
-    OmegaConf.save({"name": "toy", "norm": {"name": norm}, "trainer": {"seed": seed}}, path / "config.yaml")
+    OmegaConf.save({"name": "toy", "data": {"name": data}, "norm": {"name": norm}, "trainer": {"seed": seed}},
+                   path / "config.yaml")
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "tag", "value"])
@@ -98,3 +99,17 @@ def test_report_on_a_real_sweep(bnexp, runs_root, tmp_path):
     assert "norm=none (baseline) | 2 |" in done.stdout and "norm=batch | 2 |" in done.stdout
     for name in ("accuracy.png", "figure.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mixed_configs_and_damaged_event_files_are_said(bnexp, tmp_path):
+    make_run(tmp_path, "a0", "none", 0, {0: 0.1, 100: 0.8})
+    make_run(tmp_path, "b0", "none", 0, {0: 0.1, 100: 0.9}, data="synthetic")
+    damaged = make_run(tmp_path, "c0", "none", 1, {})
+    (damaged / "metrics.csv").unlink()
+    (damaged / "events.out.tfevents.1.host").write_bytes(b"\x00garbage, not a record")
+    done = bnexp("report", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "the runs differ in data.name (mnist, synthetic)" in done.stdout
+    assert "| data=mnist (baseline) | 1 |" in done.stdout and "| data=synthetic | 1 |" in done.stdout
+    assert f"left out {damaged}" in done.stderr
+    assert f"- {damaged}:" in (tmp_path / "out" / "report.md").read_text()  # in the written report too
