@@ -28,6 +28,11 @@ from bnexp.runlog import RunLog, flatten
 
 log = logging.getLogger(__name__)
 
+# What TensorBoard's HParams tab shows for each run (the whole config is in the run's config.yaml).
+HPARAMS = ("name", "data.name", "model.name", "model.activation", "model.width", "norm.name", "optim.lr",
+           "optim.lr_mult", "optim.momentum", "optim.weight_decay", "optim.weight_decay_mult", "schedule.name",
+           "trainer.batch_size", "trainer.max_steps", "trainer.seed")
+
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = pick_device(cfg.trainer.device)
@@ -43,9 +48,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
     )
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    hyperparameters = flatten({k: v for k, v in plain.items() if k != "runs_root"})
-    hyperparameters.pop("data.root", None)  # where the data lives says nothing about the run
+    config = flatten(OmegaConf.to_container(cfg, resolve=True))
+    hyperparameters = {key: config[key] for key in HPARAMS if key in config}
     runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()))
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
              sum(p.numel() for p in model.parameters()))
