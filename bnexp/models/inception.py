@@ -12,7 +12,8 @@ channels and 4e outputs 1056; at width 1, 224 px and 1000 classes this gives 13.
 
 Knobs: `width` scales every filter count; `stem` is "imagenet" (7x7/2 conv, max pool, 1x1, 3x3,
 max pool: 224 px -> 28x28 at 3a) or "small" (two 3x3 convolutions at stride 1, for 28-32 px
-inputs, so that 3a also sees 28x28 on MNIST), "auto" picks by input size.
+inputs, so that 3a also sees 28x28 on MNIST; with `stem_pool` a 3x3/2 max pool follows, 3a then sees
+14x14 at a quarter of the compute), "auto" picks by input size.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class InceptionModule(nn.Module):
 
 
 class Inception(nn.Module):
-    def __init__(self, in_channels, num_classes, input_size, width, stem, activation, dropout, lrn, norm_builder):
+    def __init__(self, in_channels, num_classes, input_size, width, stem, activation, dropout, lrn, norm_builder,
+                 stem_pool=False):
         super().__init__()
         if stem == "auto":
             stem = "small" if input_size <= 64 else "imagenet"
@@ -96,6 +98,8 @@ class Inception(nn.Module):
                       unit(c(64), c(192), 3), *lrn_layer(), nn.MaxPool2d(3, 2, 1)]
         elif stem == "small":
             layers = [unit(in_channels, c(64), 3), unit(c(64), c(192), 3), *lrn_layer()]
+            if stem_pool:  # 3a at half the input size: 4x less compute, for CPU-sized runs
+                layers.append(nn.MaxPool2d(3, 2, 1))
         else:
             raise ValueError(f"unknown stem {stem!r}")
         self.stem = nn.Sequential(*layers)
