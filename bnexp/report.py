@@ -100,24 +100,33 @@ def read_curves(path: Path) -> dict[str, dict[int, float]]:
     return dict(curves)
 
 
-def variant_key(run: Run) -> tuple:
-    return tuple(sorted((k, str(v)) for k, v in run.config.items() if k not in NOT_THE_VARIANT))
+def shared_keys(runs: list[Run]) -> set[str]:
+    """Config keys every run has. Runs made by different bnexp versions differ in which options
+    exist; a key that only some runs know is not what tells variants apart."""
+    return set.intersection(*(set(r.config) for r in runs)) - NOT_THE_VARIANT
 
 
 def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
     """Variants named by the config keys that tell them apart ("norm=batch"), in a stable order."""
+    shared = shared_keys(runs)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[variant_key(run)].append(run)
+        groups[tuple(sorted((k, str(v)) for k, v in run.config.items() if k in shared))].append(run)
     keys = list(groups)
     differing = {k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)}
     # A group's own options (norm.eps) differ whenever the group does (norm.name): name the group only.
     differing = sorted(k for k in differing if k.endswith(".name") or f"{k.rsplit('.', 1)[0]}.name" not in differing)
 
+    names = {dict(key).get("name") for key in keys}
+    if "name" in differing and len(names) == len(keys):
+        differing = ["name"]  # presets name themselves: "bn_x30" says it all
+
     def label(key: tuple) -> str:
         config = dict(key)
         if not differing:
             return config.get("name", "all runs")
+        if differing == ["name"]:
+            return config["name"]
         return ",".join(f"{k.removesuffix('.name')}={config.get(k, '-')}" for k in differing)
 
     def natural(key: tuple) -> tuple:  # lr 2 before lr 10
@@ -382,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(variants, baseline, args.target, fixed_targets)
     source = "--target" if args.target is not None else f"the best accuracy of {baseline}, mean over its runs"
     lines = [f"{len(runs)} runs in {len(variants)} variants; target {100 * rows[0]['target']:.2f}% ({source}).", ""]
+    unshared = sorted(set().union(*(r.config for r in runs)) - shared_keys(runs) - NOT_THE_VARIANT)
+    if unshared:
+        lines += [f"Note: not every run's config has {', '.join(unshared)} (runs from different bnexp versions?); "
+                  "variants are told apart by the keys all runs share.", ""]
     for key in ("data.name", "model.name"):
         values = sorted({str(r.config.get(key)) for r in runs})
         if len(values) > 1:

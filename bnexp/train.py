@@ -86,6 +86,14 @@ class Trainer:
         """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function."""
         self.cfg, self.model, self.data = cfg, model, data
         self.optimizer, self.lr_at, self.log = optimizer, lr_at, runlog
+        # Speed flags, all off by default: bf16 autocast, NHWC memory layout, torch.compile.
+        # Evaluation runs the uncompiled module, where the probe's hooks live.
+        device_type = next(model.parameters()).device.type
+        self.autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(model) if cfg.compile else model
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
@@ -124,8 +132,11 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             x, y = self.data.next_batch(self.step)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=self.memory_format)
+            with self.autocast():
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -165,7 +176,8 @@ class Trainer:
         correct = loss_sum = n = 0
         with self.probe.recording():
             for x, y in self.data.eval_batches():
-                logits = self.model(x)
+                with self.autocast():
+                    logits = self.model(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)
                 loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
                 n += len(y)

@@ -35,6 +35,11 @@ def bare_loop(cfg, steps: int) -> float:
     x_all, y_all, batch = source.train_x, source.train_y, cfg.trainer.batch_size
     model = models.build(cfg.model, cfg.norm, source.input_shape, source.num_classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr * cfg.optim.lr_mult, momentum=cfg.optim.momentum)
+    t = cfg.trainer  # the same speed flags as the trainer, written the usual way
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model) if t.compile else model
     per_epoch = len(x_all) // batch
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -43,7 +48,8 @@ def bare_loop(cfg, steps: int) -> float:
         if step % per_epoch == 0:
             perm = torch.randperm(len(x_all), device=device)
         idx = perm[(step % per_epoch) * batch : (step % per_epoch + 1) * batch]
-        loss = F.cross_entropy(model(x_all[idx]), y_all[idx])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(t.amp)):
+            loss = F.cross_entropy(forward(x_all[idx]).float(), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -57,19 +63,24 @@ def bnexp_trainer(cfg, steps: int) -> float:
         return run(cfg, Path(tmp))["steps_per_s"]
 
 
+def compare(overrides: list[str], steps: int, repeats: int):
+    """steps/s of the bare loop and of bnexp, alternating, `repeats` times each."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+    results = {"bare loop": [], "bnexp": []}
+    for _ in range(repeats):
+        results["bare loop"].append(bare_loop(cfg, steps))
+        results["bnexp"].append(bnexp_trainer(cfg, steps))
+    return cfg, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for bnexp train")
     args = parser.parse_args()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=[f"trainer.max_steps={args.steps}", "trainer.progress=false",
-                                           *args.overrides])
-    results = {"bare loop": [], "bnexp": []}
-    for _ in range(args.repeats):
-        results["bare loop"].append(bare_loop(cfg, args.steps))
-        results["bnexp"].append(bnexp_trainer(cfg, args.steps))
+    cfg, results = compare(args.overrides, args.steps, args.repeats)
     print(f"model={cfg.model.name} norm={cfg.norm.name} data={cfg.data.name} batch={cfg.trainer.batch_size} "
           f"steps={args.steps} eval_every={cfg.trainer.eval_every} device={pick_device(cfg.trainer.device)} "
           f"threads={torch.get_num_threads()} repeats={args.repeats}")
