@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("sigmoid", "relu")
 STEMS = ("auto", "imagenet", "small")
+BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost")  # those that use batch statistics
 
 
 class UserError(CompactHydraException):
@@ -44,15 +45,19 @@ def validate(cfg: DictConfig) -> None:
     _require(o.weight_decay_mult >= 0, f"optim.weight_decay_mult must be >= 0, got {o.weight_decay_mult}")
     _require(cfg.data.get("distort", 0) >= 0 and cfg.data.get("distort_mult", 1) >= 0,
              "data.distort and data.distort_mult must be >= 0")
-    if cfg.norm.name == "batch":
+    if cfg.norm.name in BATCH_NORMS:
         # With one example per batch, BN's variance is 0 and every output is beta: nothing to learn.
         _require(
             t.batch_size > 1,
-            "norm=batch needs trainer.batch_size > 1 (batch statistics of one example are "
-            "degenerate); use norm=none for batch size 1",
+            f"norm={cfg.norm.name} needs trainer.batch_size > 1 (batch statistics of one example are "
+            "degenerate); use norm=none, layer or group for batch size 1",
         )
-        _require(0 <= cfg.norm.momentum <= 1, f"norm.momentum must be in [0, 1], got {cfg.norm.momentum}")
+        momentum = cfg.norm.get("momentum", 0.1)  # batch_renorm has a rate instead
+        _require(0 <= momentum <= 1, f"norm.momentum must be in [0, 1], got {momentum}")
+    if cfg.norm.name != "none":
         _require(cfg.norm.eps > 0, f"norm.eps must be > 0, got {cfg.norm.eps}")
+    if cfg.norm.name == "ghost":
+        _require(cfg.norm.virtual_batch > 1, f"norm.virtual_batch must be > 1, got {cfg.norm.virtual_batch}")
     m = cfg.model
     _require(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
     if m.name == "mlp":

@@ -1,14 +1,19 @@
 """The normalization factory: what goes on Wu, immediately before each nonlinearity.
 
 `make(cfg)` returns a builder; `builder(num_features, kind)` gives the layer for a fully connected
-("fc") or convolutional ("conv") position, or None for no normalization, in which case the layer
-before it keeps its bias (with a norm, beta replaces the bias: paper sec. 3.2).
+("fc", input N x C) or convolutional ("conv", input N x C x H x W) position, or None for no
+normalization, in which case the layer before it keeps its bias (with a norm, beta replaces the
+bias: paper sec. 3.2).
+
+Momentum follows PyTorch everywhere: the weight of the NEW batch in a running average
+(0.1 = 0.9 in the Caffe/TensorFlow convention, which weights the old value).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -18,13 +23,178 @@ NormBuilder = Callable[[int, str], "nn.Module | None"]
 
 
 def make(cfg: DictConfig) -> NormBuilder:
-    if cfg.name == "none":
+    name = cfg.name
+    if name == "none":
         return lambda num_features, kind: None
-    if cfg.name == "batch":
-        # momentum follows PyTorch: the weight of the new batch in the running averages.
-        def batch(num_features: int, kind: str) -> nn.Module:
-            cls = nn.BatchNorm1d if kind == "fc" else nn.BatchNorm2d
-            return cls(num_features, eps=cfg.eps, momentum=cfg.momentum)
+    if name == "batch":
+        return lambda c, kind: (nn.BatchNorm1d if kind == "fc" else nn.BatchNorm2d)(c, cfg.eps, cfg.momentum)
+    if name == "batch_paper":
+        return lambda c, kind: PaperBatchNorm(c, cfg.eps, cfg.momentum)
+    if name == "batch_renorm":
+        return lambda c, kind: BatchRenorm(c, cfg.eps, cfg.rate, cfg.warmup_steps, cfg.rmax, cfg.rmax_steps,
+                                           cfg.dmax, cfg.dmax_steps)
+    if name == "ghost":
+        return lambda c, kind: GhostBatchNorm(c, cfg.eps, cfg.momentum, cfg.virtual_batch)
+    if name == "layer":  # over all features of one example; GroupNorm(1) is that for N x C x H x W too
+        return lambda c, kind: nn.GroupNorm(1, c, cfg.eps)
+    if name == "group":
+        def group(c: int, kind: str) -> nn.Module:
+            if c % cfg.groups:
+                raise UserError(f"bnexp: error: norm=group with norm.groups={cfg.groups} does not divide {c} "
+                                "channels; choose a divisor of every layer's width")
+            return nn.GroupNorm(cfg.groups, c, cfg.eps)
 
-        return batch
-    raise UserError(f"bnexp: error: unknown norm.name {cfg.name!r}")
+        return group
+    if name == "instance":
+        def instance(c: int, kind: str) -> nn.Module:
+            if kind == "fc":
+                raise UserError("bnexp: error: norm=instance normalizes each channel over its spatial positions; "
+                                "after a fully connected layer there are none (use a conv model, or norm=layer)")
+            return nn.InstanceNorm2d(c, cfg.eps, affine=True)
+
+        return instance
+    raise UserError(f"bnexp: error: unknown norm.name {name!r}")
+
+
+def _stats_dims(x: torch.Tensor) -> tuple[int, ...]:
+    return (0,) if x.dim() == 2 else (0, 2, 3)  # per feature: over the batch, and all positions of a map
+
+
+def _per_feature(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1) if x.dim() == 2 else v.view(1, -1, 1, 1)
+
+
+class PaperBatchNorm(nn.Module):
+    """Algorithms 1 and 2 of the paper, written out: biased batch variance in training, gradients
+    through mean and variance; at inference a fixed affine map with population statistics.
+
+    Population statistics are moving averages (PyTorch's convention and m/(m-1) correction, so this
+    layer matches nn.BatchNorm exactly), or the paper's exact procedure: `finalize_population`
+    averages the means and variances of N training batches and applies m/(m-1).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self._collect: list | None = None  # (mean, biased var, m) per batch while finalizing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self._collect is not None:  # Algorithm 1 (also while finalizing: the training network)
+            dims = _stats_dims(x)
+            mean = x.mean(dims)
+            var = x.var(dims, unbiased=False)
+            m = x.numel() // x.shape[1]
+            with torch.no_grad():
+                if self._collect is not None:
+                    self._collect.append((mean, var, m))
+                else:
+                    self.running_mean.lerp_(mean, self.momentum)
+                    self.running_var.lerp_(var * m / max(m - 1, 1), self.momentum)
+            xhat = (x - _per_feature(mean, x)) / torch.sqrt(_per_feature(var, x) + self.eps)
+            return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)  # Algorithm 2: y = scale * x + shift
+        shift = self.bias - self.running_mean * scale
+        return x * _per_feature(scale, x) + _per_feature(shift, x)
+
+
+@torch.no_grad()
+def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """The paper's inference statistics (Algorithm 2, steps 8-10) for every PaperBatchNorm in
+    `model`: E[x] = mean of the batch means, Var[x] = m/(m-1) * mean of the batch variances, over
+    the given training batches, through the training network with its parameters frozen (dropout
+    off). Returns how many batches were used."""
+    layers = [m for m in model.modules() if isinstance(m, PaperBatchNorm)]
+    was_training = model.training
+    model.eval()
+    for layer in layers:
+        layer._collect = []
+    count = 0
+    try:
+        for x in batches:
+            model(x)
+            count += 1
+        for layer in layers:
+            means, variances, sizes = zip(*layer._collect, strict=True)
+            m = sizes[0]
+            layer.running_mean.copy_(torch.stack(means).mean(0))
+            layer.running_var.copy_(torch.stack(variances).mean(0) * m / max(m - 1, 1))
+    finally:
+        for layer in layers:
+            layer._collect = None
+        model.train(was_training)
+    return count
+
+
+class BatchRenorm(nn.Module):
+    """Batch Renormalization (Ioffe 2017): xhat = (x - mu_B) / sigma_B * r + d, with
+    r = clip(sigma_B / sigma, 1/rmax, rmax) and d = clip((mu_B - mu) / sigma, -dmax, dmax) held
+    constant in backprop; moving averages of mu and sigma (not sigma^2) at `rate`. rmax = 1 and
+    dmax = 0 (plain BN) for `warmup_steps`, then relaxed linearly to `rmax` by `rmax_steps` and to
+    `dmax` by `dmax_steps`. Steps are this layer's training forward passes. Inference:
+    gamma * (x - mu) / sigma + beta."""
+
+    def __init__(self, num_features, eps=1e-5, rate=0.01, warmup_steps=5000, rmax=3.0, rmax_steps=40000,
+                 dmax=5.0, dmax_steps=25000):
+        super().__init__()
+        self.eps, self.rate = eps, rate
+        self.warmup_steps, self.rmax_final, self.rmax_steps = warmup_steps, rmax, rmax_steps
+        self.dmax_final, self.dmax_steps = dmax, dmax_steps
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_std", torch.ones(num_features))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def limits(self, step: int) -> tuple[float, float]:
+        """(rmax, dmax) at a training step: plain BN during warm-up, then linear relaxation."""
+
+        def ramp(final, start_value, end_step):
+            if step <= self.warmup_steps:
+                return start_value
+            done = min(1.0, (step - self.warmup_steps) / max(end_step - self.warmup_steps, 1))
+            return start_value + done * (final - start_value)
+
+        return ramp(self.rmax_final, 1.0, self.rmax_steps), ramp(self.dmax_final, 0.0, self.dmax_steps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            xhat = (x - _per_feature(self.running_mean, x)) / _per_feature(self.running_std, x)
+            return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+        dims = _stats_dims(x)
+        mean = x.mean(dims)
+        std = torch.sqrt(x.var(dims, unbiased=False) + self.eps)
+        rmax, dmax = self.limits(int(self.steps))
+        with torch.no_grad():
+            r = (std / self.running_std).clamp(1 / rmax, rmax)
+            d = ((mean - self.running_mean) / self.running_std).clamp(-dmax, dmax)
+            self.running_mean.lerp_(mean, self.rate)
+            self.running_std.lerp_(std, self.rate)
+            self.steps += 1
+        xhat = (x - _per_feature(mean, x)) / _per_feature(std, x) * _per_feature(r, x) + _per_feature(d, x)
+        return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+
+
+class GhostBatchNorm(nn.BatchNorm1d):
+    """BN over virtual sub-batches of `virtual_batch` examples (Hoffer et al. 2017): each chunk of
+    the batch is normalized with its own statistics; running statistics average over the chunks.
+    Inference is plain BN with the population statistics."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, virtual_batch=32):
+        super().__init__(num_features, eps, momentum)
+        self.virtual_batch = virtual_batch
+
+    def _check_input_dim(self, x):  # fc or conv inputs alike
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.virtual_batch:
+            return super().forward(x)
+        if x.shape[0] % self.virtual_batch:
+            raise UserError(f"bnexp: error: norm=ghost needs the batch size ({x.shape[0]}) to be a multiple "
+                            f"of norm.virtual_batch ({self.virtual_batch})")
+        return torch.cat([super(GhostBatchNorm, self).forward(chunk) for chunk in x.split(self.virtual_batch)])

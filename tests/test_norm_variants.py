@@ -1,0 +1,171 @@
+"""Every normalization variant against a reference, and in every model."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from bnexp import models, norm
+from bnexp.config import UserError
+
+CFG = {
+    "batch": {"eps": 1e-5, "momentum": 0.1},
+    "batch_paper": {"eps": 1e-5, "momentum": 0.1},
+    "batch_renorm": {"eps": 1e-5, "rate": 0.01, "warmup_steps": 5, "rmax": 3.0, "rmax_steps": 40, "dmax": 5.0,
+                     "dmax_steps": 25},
+    "ghost": {"eps": 1e-5, "momentum": 0.1, "virtual_batch": 4},
+    "layer": {"eps": 1e-5},
+    "group": {"eps": 1e-5, "groups": 2},
+    "instance": {"eps": 1e-5},
+}
+
+
+def builder(name, **overrides):
+    return norm.make(OmegaConf.create({"name": name, **CFG[name], **overrides}))
+
+
+@pytest.mark.parametrize("shape, kind, reference",
+                         [((16, 6), "fc", nn.BatchNorm1d), ((8, 6, 5, 5), "conv", nn.BatchNorm2d)])
+def test_paper_bn_equals_torch_bn(shape, kind, reference):
+    torch.manual_seed(0)
+    ours, theirs = builder("batch_paper")(6, kind).double(), reference(6).double()
+    with torch.no_grad():
+        for layer in (ours, theirs):
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.uniform_(-0.5, 0.5)
+        theirs.weight.copy_(ours.weight)
+        theirs.bias.copy_(ours.bias)
+    for _ in range(3):  # training mode: outputs, gradients and running statistics
+        x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        g = torch.randn(shape, dtype=torch.float64)
+        (ours(x) * g).sum().backward()
+        (theirs(x2) * g).sum().backward()
+        assert torch.allclose(ours(x), theirs(x2))
+        assert torch.allclose(x.grad, x2.grad)
+    assert torch.allclose(ours.weight.grad, theirs.weight.grad) and torch.allclose(ours.bias.grad, theirs.bias.grad)
+    # Ours ran twice per step above (the comparison updates running statistics too), so match the
+    # statistics before comparing inference; the next test compares the running statistics themselves.
+    ours.running_mean.copy_(theirs.running_mean)
+    ours.running_var.copy_(theirs.running_var)
+    ours.eval(), theirs.eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    assert torch.allclose(ours(x), theirs(x))
+
+
+def test_paper_bn_running_statistics_follow_torch():
+    torch.manual_seed(1)
+    ours, theirs = builder("batch_paper")(3, "fc"), nn.BatchNorm1d(3)
+    for _ in range(5):
+        x = torch.randn(10, 3) * 2 + 3
+        ours(x), theirs(x)
+    assert torch.allclose(ours.running_mean, theirs.running_mean, atol=1e-6)
+    assert torch.allclose(ours.running_var, theirs.running_var, atol=1e-6)
+
+
+def test_paper_bn_gradcheck():
+    layer = builder("batch_paper")(3, "conv").double()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_finalize_gives_the_unbiased_population_variance():
+    layer = builder("batch_paper")(1, "fc")
+    batches = [torch.tensor([[2.0], [4.0], [6.0], [8.0]]), torch.tensor([[1.0], [1.0], [3.0], [3.0]])]
+    model = nn.Sequential(layer)
+    assert norm.finalize_population(model, batches) == 2
+    # batch means 5 and 2, biased variances 5 and 1: E[x] = 3.5, Var[x] = 4/3 * 3 = 4
+    assert layer.running_mean.item() == pytest.approx(3.5)
+    assert layer.running_var.item() == pytest.approx(4.0)
+    assert model.training  # restored
+
+
+def test_batch_renorm_with_rmax_1_dmax_0_is_bn():
+    torch.manual_seed(2)
+    renorm = builder("batch_renorm", rmax=1.0, dmax=0.0, eps=1e-5)(4, "conv")
+    bn = nn.BatchNorm2d(4)
+    for _ in range(60):  # past warm-up: the limits stay 1 and 0
+        x = torch.randn(8, 4, 3, 3) * 2 + 1
+        assert torch.allclose(renorm(x), bn(x), atol=1e-5)
+
+
+def test_batch_renorm_corrects_towards_the_moving_averages():
+    renorm = builder("batch_renorm", warmup_steps=0, rmax_steps=1, dmax_steps=1)(1, "fc")
+    renorm.running_mean.fill_(1.0)
+    renorm.running_std.fill_(2.0)
+    renorm.steps.fill_(10)
+    x = torch.tensor([[2.0], [4.0], [6.0], [8.0]])  # mean 5, std sqrt(5)
+    y = renorm(x).squeeze(1)
+    xhat = (x.squeeze(1) - 5) / 5 ** 0.5
+    r, d = 5 ** 0.5 / 2, min((5 - 1) / 2, 5.0)
+    assert y.tolist() == pytest.approx((xhat * r + d).tolist(), abs=1e-4)
+
+
+def test_batch_renorm_schedule():
+    layer = builder("batch_renorm")(1, "fc")  # warm-up 5, rmax 3 by 40, dmax 5 by 25
+    assert layer.limits(5) == (1.0, 0.0)
+    assert layer.limits(40) == pytest.approx((3.0, 5.0))
+    assert layer.limits(15) == pytest.approx((1 + 2 * 10 / 35, 5 * 10 / 20))
+
+
+@pytest.mark.parametrize("shape, kind", [((8, 6), "fc"), ((8, 6, 3, 3), "conv")])
+def test_ghost_with_virtual_batch_equal_to_the_batch_is_bn(shape, kind):
+    ghost = builder("ghost", virtual_batch=8)(6, kind)
+    bn = (nn.BatchNorm1d if kind == "fc" else nn.BatchNorm2d)(6)
+    x = torch.randn(shape)
+    assert torch.allclose(ghost(x), bn(x), atol=1e-6)
+    assert torch.allclose(ghost.running_var, bn.running_var)
+
+
+def test_ghost_normalizes_each_virtual_batch():
+    ghost = builder("ghost", virtual_batch=4)(2, "fc")
+    y = ghost(torch.randn(12, 2) * 5 + 3)
+    for chunk in y.split(4):
+        assert chunk.mean(0).abs().max() < 1e-5
+
+
+def test_layer_group_instance_match_torch_functional():
+    x = torch.randn(4, 6, 5, 5)
+    layer, group, instance = builder("layer")(6, "conv"), builder("group")(6, "conv"), builder("instance")(6, "conv")
+    assert torch.allclose(layer(x), F.layer_norm(x, x.shape[1:], eps=1e-5), atol=1e-5)
+    assert torch.allclose(group(x), F.group_norm(x, 2, eps=1e-5), atol=1e-5)
+    assert torch.allclose(instance(x), F.instance_norm(x, eps=1e-5), atol=1e-5)
+    fc = torch.randn(4, 6)
+    assert torch.allclose(builder("layer")(6, "fc")(fc), F.layer_norm(fc, (6,), eps=1e-5), atol=1e-5)
+
+
+def test_meaningless_placements_are_config_errors():
+    with pytest.raises(UserError, match="instance normalizes each channel over its spatial positions"):
+        builder("instance")(6, "fc")
+    with pytest.raises(UserError, match="does not divide"):
+        builder("group", groups=4)(6, "conv")
+
+
+MLP = OmegaConf.create({"name": "mlp", "hidden": [16, 16], "activation": "sigmoid", "init_std": 0.1})
+INCEPTION = OmegaConf.create({"name": "inception", "width": 0.0625, "stem": "small", "stem_pool": True,
+                              "activation": "relu", "dropout": 0.0, "lrn": False})
+
+
+@pytest.mark.parametrize("name", list(CFG))
+@pytest.mark.parametrize("model_cfg", [MLP, INCEPTION], ids=["mlp", "inception"])
+def test_every_variant_trains_three_steps_in_every_model(name, model_cfg):
+    cfg = OmegaConf.create({"name": name, **CFG[name], **({"groups": 1} if name == "group" else {})})
+    if name == "instance" and model_cfg.name == "mlp":
+        with pytest.raises(UserError):
+            models.build(model_cfg, cfg, (1, 28, 28), 10)
+        return
+    torch.manual_seed(0)
+    model = models.build(model_cfg, cfg, (1, 28, 28), 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    losses = []
+    for _ in range(3):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    model.eval()
+    assert model(x).shape == (8, 10)
