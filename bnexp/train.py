@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from bnexp import data as datasets
 from bnexp import models
+from bnexp.norm import finalize_population
 from bnexp.probes import PercentileProbe
 from bnexp.runlog import RunLog, flatten
 
@@ -53,7 +54,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()))
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
              sum(p.numel() for p in model.parameters()))
-    return Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog).fit()
+    finalize = None
+    if cfg.norm.name == "batch_paper" and cfg.norm.inference == "population":
+        def finalize(step: int) -> None:
+            batches = (data.next_batch(step + i)[0] for i in range(cfg.norm.population_batches))
+            log.info("population statistics over %d training batches", finalize_population(model, batches))
+
+    return Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog, finalize).fit()
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,9 +89,10 @@ def show_progress(setting) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog: RunLog):
-        """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function."""
-        self.cfg, self.model, self.data = cfg, model, data
+    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog: RunLog, finalize=None):
+        """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function.
+        finalize(step), if given, runs once after the last step, before the final evaluation."""
+        self.cfg, self.model, self.data, self.finalize = cfg, model, data, finalize
         self.optimizer, self.lr_at, self.log = optimizer, lr_at, runlog
         # Speed flags, all off by default: bf16 autocast, NHWC memory layout, torch.compile.
         # Evaluation runs the uncompiled module, where the probe's hooks live.
@@ -165,6 +173,8 @@ class Trainer:
                 self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
                 losses, logits_seen, labels_seen = [], [], []
                 if evaluate_now:
+                    if self.step == max_steps and self.finalize is not None:
+                        self.finalize(self.step)
                     self.evaluate()
                 window_start = time.perf_counter()
         return None

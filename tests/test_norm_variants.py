@@ -169,3 +169,19 @@ def test_every_variant_trains_three_steps_in_every_model(name, model_cfg):
     assert all(torch.isfinite(torch.tensor(losses)))
     model.eval()
     assert model(x).shape == (8, 10)
+
+
+def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog):
+    from hydra import compose, initialize_config_dir
+
+    from bnexp.cli import config_dir
+    from bnexp.train import run
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["data=synthetic", "norm=batch_paper", "norm.inference=population",
+                                           "norm.population_batches=5", "trainer.max_steps=30",
+                                           "trainer.eval_every=10", "trainer.progress=false"])
+    with caplog.at_level("INFO", logger="bnexp.train"):
+        summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["final_step"] == 30
+    assert caplog.text.count("population statistics over 5 training batches") == 1  # once, at the end
