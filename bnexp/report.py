@@ -100,22 +100,35 @@ def read_curves(path: Path) -> dict[str, dict[int, float]]:
     return dict(curves)
 
 
-def shared_keys(runs: list[Run]) -> set[str]:
-    """Config keys every run has. Runs made by different bnexp versions differ in which options
-    exist; a key that only some runs know is not what tells variants apart."""
-    return set.intersection(*(set(r.config) for r in runs)) - NOT_THE_VARIANT
+def silent_keys(runs: list[Run]) -> set[str]:
+    """Keys some runs lack and the others agree on: they tell no variants apart. That is a group's
+    own option (norm.eps where some runs have norm=none), or an option newer than some runs."""
+    present = defaultdict(set)
+    for run in runs:
+        for key, value in run.config.items():
+            present[key].add(str(value))
+    return {k for k, values in present.items() if len(values) == 1 and any(k not in r.config for r in runs)}
 
 
 def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
     """Variants named by the config keys that tell them apart ("norm=batch"), in a stable order."""
-    shared = shared_keys(runs)
+    ignored = silent_keys(runs) | NOT_THE_VARIANT
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[tuple(sorted((k, str(v)) for k, v in run.config.items() if k in shared))].append(run)
+        groups[tuple(sorted((k, str(v)) for k, v in run.config.items() if k not in ignored))].append(run)
     keys = list(groups)
     differing = {k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)}
-    # A group's own options (norm.eps) differ whenever the group does (norm.name): name the group only.
-    differing = sorted(k for k in differing if k.endswith(".name") or f"{k.rsplit('.', 1)[0]}.name" not in differing)
+    def varies_within_its_group(k: str) -> bool:
+        group = f"{k.rsplit('.', 1)[0]}.name"
+        seen: dict[str, set] = defaultdict(set)
+        for key in keys:
+            seen[dict(key).get(group)].add(dict(key).get(k))
+        return any(len(values) > 1 for values in seen.values())
+
+    # A group's own options (norm.eps) differ whenever the group does (norm.name): name the group
+    # only, unless the option also tells apart variants of the same group.
+    differing = sorted(k for k in differing if k.endswith(".name") or f"{k.rsplit('.', 1)[0]}.name" not in differing
+                       or varies_within_its_group(k))
 
     names = {dict(key).get("name") for key in keys}
     if "name" in differing and len(names) == len(keys):
@@ -391,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(variants, baseline, args.target, fixed_targets)
     source = "--target" if args.target is not None else f"the best accuracy of {baseline}, mean over its runs"
     lines = [f"{len(runs)} runs in {len(variants)} variants; target {100 * rows[0]['target']:.2f}% ({source}).", ""]
-    unshared = sorted(set().union(*(r.config for r in runs)) - shared_keys(runs) - NOT_THE_VARIANT)
-    if unshared:
-        lines += [f"Note: not every run's config has {', '.join(unshared)} (runs from different bnexp versions?); "
-                  "variants are told apart by the keys all runs share.", ""]
+    # Options missing from some runs although their group is the same everywhere: older runs.
+    newer = sorted(k for k in silent_keys(runs) - NOT_THE_VARIANT
+                   if len({str(r.config.get(f"{k.rsplit('.', 1)[0]}.name")) for r in runs}) == 1)
+    if newer:
+        lines += [f"Note: not every run's config has {', '.join(newer)} (runs from different bnexp versions?); "
+                  "those options are left out of the comparison.", ""]
     for key in ("data.name", "model.name"):
         values = sorted({str(r.config.get(key)) for r in runs})
         if len(values) > 1:

@@ -1,5 +1,8 @@
 """Training images/s of the Inception-style network: bnexp's trainer vs a bare PyTorch loop.
 
+Training throughput only: bnexp's figure comes from the perf/steps_per_s it logs per log window,
+which leaves out its evaluations (bench_trainer.py measures whole runs, evaluation included).
+
 The scaled model of results/inception_mnist (BN-x5 recipe, width 1/8, MNIST) by default. On a CPU
 it compares the plain setting; with a GPU also bf16 autocast, channels_last and torch.compile,
 alone and together, each as the ratio bnexp / bare loop and as a speed-up over the plain bare loop.
@@ -30,12 +33,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--all-flags", action="store_true", help="on a CPU too (slow: compile takes minutes)")
     parser.add_argument("overrides", nargs="*", default=["experiment=bn_x5", "scale=inception_mnist_cpu",
-                                                          "trainer.eval_every=100000"])
+                                                          "trainer.eval_every=100000", "trainer.log_every=25"])
     args = parser.parse_args()
     settings = FLAGS if torch.cuda.is_available() or args.all_flags else {"plain": []}
     plain_bare = None
     for name, flags in settings.items():
-        cfg, results = compare([*args.overrides, *flags], args.steps, args.repeats)
+        cfg, results = compare([*args.overrides, *flags], args.steps, args.repeats, training_only=True)
         bare, ours = max(results["bare loop"]), max(results["bnexp"])  # best of N: least disturbed
         plain_bare = plain_bare or bare
         images = cfg.trainer.batch_size

@@ -58,19 +58,28 @@ def bare_loop(cfg, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def bnexp_trainer(cfg, steps: int) -> float:
+def bnexp_trainer(cfg, steps: int, training_only: bool = False) -> float:
+    """Steps/s of a whole bnexp run (evaluations included), or of its training steps alone, from
+    the perf/steps_per_s it logs for every log window (which excludes evaluation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return run(cfg, Path(tmp))["steps_per_s"]
+        summary = run(cfg, Path(tmp))
+        if not training_only:
+            return summary["steps_per_s"]
+        rows = [line.split(",") for line in (Path(tmp) / "metrics.csv").read_text().splitlines()[1:]]
+        rates = sorted((int(step), float(value)) for step, tag, value in rows if tag == "perf/steps_per_s")
+        ends = [step for step, _ in rates]
+        windows = [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        return sum(windows) / sum(n / rate for n, (_, rate) in zip(windows, rates, strict=True))
 
 
-def compare(overrides: list[str], steps: int, repeats: int):
+def compare(overrides: list[str], steps: int, repeats: int, training_only: bool = False):
     """steps/s of the bare loop and of bnexp, alternating, `repeats` times each."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("config", overrides=[f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
     results = {"bare loop": [], "bnexp": []}
     for _ in range(repeats):
         results["bare loop"].append(bare_loop(cfg, steps))
-        results["bnexp"].append(bnexp_trainer(cfg, steps))
+        results["bnexp"].append(bnexp_trainer(cfg, steps, training_only))
     return cfg, results
 
 

@@ -11,12 +11,12 @@ from bnexp import report
 from conftest import FAST
 
 
-def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0, data="mnist"):
+def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0, data="mnist", extra=None):
     """A run directory as bnexp writes it, with a hand-made test/accuracy curve."""
     path = root / name
     path.mkdir(parents=True)
-    OmegaConf.save({"name": "toy", "data": {"name": data}, "norm": {"name": norm}, "trainer": {"seed": seed}},
-                   path / "config.yaml")
+    base = {"name": "toy", "data": {"name": data}, "norm": {"name": norm}, "trainer": {"seed": seed}}
+    OmegaConf.save(OmegaConf.merge(base, extra or {}), path / "config.yaml")
     with open(path / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "tag", "value"])
@@ -113,3 +113,17 @@ def test_mixed_configs_and_damaged_event_files_are_said(bnexp, tmp_path):
     assert "| data=mnist (baseline) | 1 |" in done.stdout and "| data=synthetic | 1 |" in done.stdout
     assert f"left out {damaged}" in done.stderr
     assert f"- {damaged}:" in (tmp_path / "out" / "report.md").read_text()  # in the written report too
+
+
+def test_options_only_some_runs_have(tmp_path):
+    make_run(tmp_path, "a0", "none", 0, {0: 0.1, 100: 0.8})
+    make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-5}})
+    make_run(tmp_path, "c0", "batch", 0, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-3}, "trainer": {"amp": False}})
+    make_run(tmp_path, "c1", "batch", 1, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-3}})
+    runs = [report.load_run(p) for p in report.find_run_dirs([tmp_path])]
+    # norm.eps is absent where norm=none but still tells the two BN variants apart; trainer.amp,
+    # known to one run only (a newer bnexp), splits nothing.
+    variants = report.group_variants(runs)
+    assert {name: len(r) for name, r in variants.items()} == {
+        "norm.eps=0.001,norm=batch": 2, "norm.eps=1e-05,norm=batch": 1, "norm.eps=-,norm=none": 1}
+    assert report.silent_keys(runs) == {"trainer.amp"}
