@@ -174,6 +174,8 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
     for name, runs in variants.items():
         steps = [s for s in reach[name] if s is not None]
         steps_mean = mean_std(steps)
+        crossings = {t: [s for s in (first_step_reaching(r.accuracy, t) for r in runs) if s is not None]
+                     for t in fixed_targets}
         rows.append({
             "variant": name,
             "baseline": name == baseline,
@@ -187,9 +189,8 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "steps_to_target": steps_mean,
             "reached_target": len(steps),
             "speedup": base_mean / steps_mean[0] if base_mean and steps_mean and steps_mean[0] > 0 else None,
-            "steps_to": {t: mean_std([s for s in (first_step_reaching(r.accuracy, t) for r in runs) if s is not None])
-                         for t in fixed_targets},
-            "reached": {t: sum(first_step_reaching(r.accuracy, t) is not None for r in runs) for t in fixed_targets},
+            "steps_to": {t: mean_std(crossings[t]) for t in fixed_targets},
+            "reached": {t: len(crossings[t]) for t in fixed_targets},
             "wall_time_s": mean_std([r.summary["wall_time_s"] for r in runs if r.summary]),
             "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == "diverged"],
         })
