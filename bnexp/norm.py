@@ -129,6 +129,11 @@ def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
     return count
 
 
+def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers that normalize with batch statistics in training (BN and its variants)."""
+    return [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, PaperBatchNorm, BatchRenorm))]
+
+
 class BatchRenorm(nn.Module):
     """Batch Renormalization (Ioffe 2017): xhat = (x - mu_B) / sigma_B * r + d, with
     r = clip(sigma_B / sigma, 1/rmax, rmax) and d = clip((mu_B - mu) / sigma, -dmax, dmax) held

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from bnexp import data as datasets
 from bnexp import models
-from bnexp.norm import finalize_population
+from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe
 from bnexp.runlog import RunLog, flatten
 
@@ -103,6 +103,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(model) if cfg.compile else model
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
+        self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
 
@@ -194,12 +195,36 @@ class Trainer:
         self.model.train()
         accuracy = correct.item() / n
         self.history.append((self.step, accuracy))
+        batchstats = {"test/error_batchstats": self.error_with_batch_statistics()} if self.batch_norms else {}
         self.log.scalars(self.step, {
             "test/accuracy": accuracy,
             "test/error": 1 - accuracy,
             "test/loss": loss_sum.item() / n,
+            **batchstats,
             **self.probe.percentiles(),
         })
+
+    @torch.inference_mode()
+    def error_with_batch_statistics(self) -> float:
+        """Test error when BN normalizes each test batch (of the training batch size) with its own
+        statistics, as in training: beside test/error it shows the train/inference gap. The running
+        statistics are restored afterwards; a last partial batch is left out."""
+        saved = [{k: b.clone() for k, b in m.named_buffers()} for m in self.batch_norms]
+        self.model.eval()
+        for m in self.batch_norms:
+            m.train()
+        size, wrong, n = int(self.cfg.batch_size), 0, 0
+        for x, y in self.data.eval_batches():
+            for xb, yb in zip(x.split(size), y.split(size), strict=True):
+                if len(yb) == size:
+                    with self.autocast():
+                        wrong += (self.model(xb).argmax(1) != yb).sum()
+                    n += size
+        for m, buffers in zip(self.batch_norms, saved, strict=True):
+            for k, b in m.named_buffers():
+                b.copy_(buffers[k])
+        self.model.train()
+        return (wrong / max(n, 1)).item()
 
     def summary(self, status, diverged_at, started, wall_time) -> dict:
         history = self.history

@@ -185,3 +185,41 @@ def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog):
         summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["final_step"] == 30
     assert caplog.text.count("population statistics over 5 training batches") == 1  # once, at the end
+
+
+@pytest.mark.parametrize("name, logged", [("batch", True), ("batch_renorm", True), ("none", False)])
+def test_test_error_with_batch_statistics(tmp_path, name, logged):
+    from hydra import compose, initialize_config_dir
+
+    from bnexp.cli import config_dir
+    from bnexp.train import run
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=["data=synthetic", f"norm={name}", "trainer.max_steps=20",
+                                           "trainer.eval_every=10", "trainer.progress=false",
+                                           "trainer.eval_batchstats=true"])
+    run(cfg, tmp_path)
+    rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
+    values = {int(step): float(v) for step, tag, v in rows if tag == "test/error_batchstats"}
+    assert (sorted(values) == [0, 10, 20]) is logged
+    assert all(0 <= v <= 1 for v in values.values())
+
+
+def test_batch_statistics_pass_leaves_the_run_unchanged(tmp_path):
+    """The extra pass must restore BN's running statistics: the same run with and without it."""
+    from hydra import compose, initialize_config_dir
+
+    from bnexp.cli import config_dir
+    from bnexp.train import run
+
+    curves = []
+    for flag in ("true", "false"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("config", overrides=["data=synthetic", "norm=batch_renorm", "trainer.max_steps=20",
+                                               "trainer.eval_every=10", "trainer.progress=false",
+                                               f"trainer.eval_batchstats={flag}"])
+        (tmp_path / flag).mkdir()
+        run(cfg, tmp_path / flag)
+        rows = (tmp_path / flag / "metrics.csv").read_text().splitlines()
+        curves.append([r for r in rows if ",test/loss," in r or ",train/loss," in r])
+    assert curves[0] == curves[1]
