@@ -39,6 +39,11 @@ IDX_FILES = {
 }
 
 
+def seeded(seed: int, n: int, device="cpu") -> torch.Generator:
+    """The generator for epoch or step `n` of a run with `seed`: draws are pure functions of (seed, n)."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + n)
+
+
 class DeviceData:
     """Train and test tensors kept on one device; batches are drawn by indexing.
 
@@ -63,14 +68,13 @@ class DeviceData:
     def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = seeded(self.seed, epoch)
             self._perm = torch.randperm(len(self.train_x), generator=g).to(self.train_x.device)
             self._epoch = epoch
         idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
         x = torch.index_select(self.train_x, 0, idx)  # several times faster than x[idx] on CPU
         if self.augment is not None:
-            g = torch.Generator(x.device).manual_seed(self.seed * 1_000_003 + step + 7)
-            x = self.augment(x, g)
+            x = self.augment(x, seeded(self.seed, step + 7, x.device))
         return x, torch.index_select(self.train_y, 0, idx)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -124,8 +128,7 @@ class FolderData:
     def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._batches = iter(self._loader(self.train, self.trainer.batch_size, True, g))
+            self._batches = iter(self._loader(self.train, self.trainer.batch_size, True, seeded(self.seed, epoch)))
             for _ in range(i):  # a run resumed mid-epoch continues where it stopped
                 next(self._batches)
             self._epoch = epoch

@@ -126,6 +126,10 @@ class Trainer:
         self.log.finish(summary)
         return summary
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the memory format the model was put in (channels_last when asked for)."""
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+
     def train(self) -> int | None:
         """Step to max_steps; the step of the first non-finite loss if training diverges."""
         cfg, model = self.cfg, self.model
@@ -141,10 +145,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             x, y = self.data.next_batch(self.step)
-            if x.dim() == 4:
-                x = x.contiguous(memory_format=self.memory_format)
             with self.autocast():
-                logits = self.forward(x)
+                logits = self.forward(self.layout(x))
                 loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,7 +190,7 @@ class Trainer:
         with self.probe.recording():
             for x, y in self.data.eval_batches():
                 with self.autocast():
-                    logits = self.model(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)
+                    logits = self.model(self.layout(x))
                 loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
                 n += len(y)
@@ -218,7 +220,7 @@ class Trainer:
             for xb, yb in zip(x.split(size), y.split(size), strict=True):
                 if len(yb) == size:
                     with self.autocast():
-                        wrong += (self.model(xb).argmax(1) != yb).sum()
+                        wrong += (self.model(self.layout(xb)).argmax(1) != yb).sum()
                     n += size
         for m, buffers in zip(self.batch_norms, saved, strict=True):
             for k, b in m.named_buffers():
