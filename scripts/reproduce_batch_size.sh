@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The small-batch study (Wu & He 2018, Figure 1 / Table 1 there; PAPER.md sec. 4) on the paper's
+# MNIST MLP: batch size 2..64 x {batch, batch_renorm, group, layer, none} x 3 seeds. Every run sees
+# the same number of training examples (EXAMPLES, 3.2 epochs by default); the learning rate is
+# linear in the batch size (2.0 at 64, the Figure 1 choice); 8 evaluations per run, each also with
+# batch statistics on test batches of the training batch size (test/error_batchstats).
+#
+#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh   # 90 runs, about 50 minutes on 1 core
+#
+# Runs go to $BNEXP_RUNS/batch_size (default ~/bnexp-runs); the table and figure to results/batch_size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+python=$(dirname "$bnexp")/python
+sweep=${BNEXP_RUNS:-$HOME/bnexp-runs}/batch_size/$(date +%Y-%m-%d_%H-%M-%S)
+examples=${EXAMPLES:-192000}
+
+for batch in 2 4 8 16 32 64; do
+  steps=$((examples / batch))
+  common=(experiment=fig1_mnist trainer.seed=0,1,2 trainer.batch_size=$batch trainer.max_steps=$steps
+          trainer.eval_every=$((steps / 8)) trainer.eval_batchstats=true optim.lr=$("$python" -c "print(2.0 * $batch / 64)")
+          trainer.progress=false)
+  "$bnexp" train -m norm=batch,group,layer,none "${common[@]}" hydra.sweep.dir="$sweep/b$batch"
+  # Batch Renorm's rmax/dmax schedule at the same fractions of the run as its defaults' of 50,000 steps.
+  "$bnexp" train -m norm=batch_renorm norm.warmup_steps=$((steps / 10)) norm.dmax_steps=$((steps / 2)) \
+    norm.rmax_steps=$((steps * 4 / 5)) "${common[@]}" hydra.sweep.dir="$sweep/b${batch}_renorm"
+done
+"$python" scripts/batch_size_report.py "$sweep" --out results/batch_size
