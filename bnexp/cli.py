@@ -1,6 +1,7 @@
 """bnexp's command line: `bnexp <command> [args]`.
 
   bnexp train [hydra overrides]     one run; `-m` sweeps; --cfg job, --help, -sc as in any Hydra app
+  torchrun --nproc_per_node=N -m bnexp train ...   one data-parallel run (bnexp/distributed.py)
   bnexp report RUN_OR_SWEEP_DIR...  paper-shaped tables and figures from run directories
 
 Hydra cannot sit under a sub-command parser, so the sub-command is taken off argv before
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import bnexp
+from bnexp import distributed
+from bnexp.config import UserError
 
 log = logging.getLogger("bnexp")
 
@@ -30,6 +35,8 @@ commands:
   train [overrides]   train one model (Hydra app: -m sweeps, --cfg job, --help, -sc install=bash)
                       e.g. bnexp train experiment=fig1_mnist norm=none
                            bnexp train -m norm=none,batch trainer.seed=0,1,2
+  resume RUN_DIR      continue a stopped run from its newest checkpoint, with its own overrides
+                      (what `bnexp train <its overrides> hydra.run.dir=RUN_DIR` does)
   report PATH...      tables (markdown, csv) and figures from runs or sweeps: steps to the
                       baseline's best accuracy, speed-up, best accuracy over seeds
                       e.g. bnexp report ~/bnexp-runs/fig1_mnist --out report/
@@ -50,19 +57,45 @@ def config_dir() -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def train(cfg: DictConfig) -> dict:
     from bnexp.config import validate
+    from bnexp.runlog import write_json_atomic
     from bnexp.train import run
 
-    validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run(cfg, run_dir)
+    try:
+        validate(cfg)
+        summary = run(cfg, run_dir)
+    except Exception as e:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # In a sweep, one job's failure is recorded and the others go on; the sweep's end lists it.
+        log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
+        write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        return {"status": "failed"}
     outcome = summary["status"]
     if summary["diverged_at_step"] is not None:
         outcome += f" at step {summary['diverged_at_step']}"
     log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
              summary["best_step"], summary["final_accuracy"], run_dir)
+    if summary["status"] == "failed":
+        sys.exit(1)
     if summary["status"] == "interrupted":
-        sys.exit(130)  # the shell's code for Ctrl-C; stops a sweep too
+        # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
+        sys.exit(128 + signal.Signals[summary.get("stopped_by", "SIGINT")].value)
     return summary
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """`bnexp resume RUN_DIR [overrides]` = `bnexp train <the run's own overrides> hydra.run.dir=RUN_DIR`."""
+    from omegaconf import OmegaConf
+
+    if not args:
+        raise SystemExit("bnexp: error: usage: bnexp resume RUN_DIR [overrides]")
+    run_dir = Path(args[0])
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        raise SystemExit(f"bnexp: error: {run_dir} is not a bnexp run dir (no .hydra/overrides.yaml)")
+    quoted = str(run_dir.resolve()).replace("\\", "\\\\").replace("'", "\\'")
+    return [*OmegaConf.load(overrides), f"hydra.run.dir='{quoted}'", *args[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +110,23 @@ def main(argv: list[str] | None = None) -> int:
         line = os.environ.get("COMP_LINE", "")
         os.environ["COMP_LINE"] = line.replace(" train", "", 1)
         command, rest = "train", argv
-    if command == "train":
+    if command in ("train", "resume"):
+        rank, world = distributed.rank_and_world()
+        if world > 1:  # under torchrun: one process per device, one run dir, rank 0 writes
+            if "-m" in rest or "--multirun" in rest:
+                print("bnexp: error: a sweep (-m) cannot run under torchrun; run each job with torchrun, or "
+                      "sweep with one process per job", file=sys.stderr)
+                return 2
+            distributed.start()
+            if rank > 0:
+                rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+        if command == "resume":
+            rest = resume_arguments(rest)
         sys.argv = [sys.argv[0], *rest]
-        train()
+        try:
+            train()
+        finally:
+            distributed.stop()
         return 0
     if command == "report":
         from bnexp.report import main as report

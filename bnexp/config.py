@@ -28,6 +28,7 @@ def _require(ok: bool, message: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Reject configurations that cannot produce a meaningful run, before any training starts."""
     t, o = cfg.trainer, cfg.optim
+    world = int(os.environ.get("WORLD_SIZE", 1))  # processes of a data-parallel run (torchrun)
     _require(t.max_steps > 0, f"trainer.max_steps must be > 0, got {t.max_steps}")
     _require(t.batch_size > 0, f"trainer.batch_size must be > 0, got {t.batch_size}")
     _require(t.eval_every > 0, f"trainer.eval_every must be > 0, got {t.eval_every}")
@@ -38,6 +39,14 @@ def validate(cfg: DictConfig) -> None:
         all(0 < a <= 1 for a in t.targets),
         f"trainer.targets are accuracies in (0, 1], got {list(t.targets)}",
     )
+    _require(t.checkpoint_every >= 0 and t.checkpoint_every % t.log_every == 0,
+             f"trainer.checkpoint_every must be a multiple of trainer.log_every ({t.log_every}) or 0, "
+             f"got {t.checkpoint_every}")
+    _require(t.resume in ("auto", "never"), f"trainer.resume must be auto or never, got {t.resume!r}")
+    _require(t.threads is None or t.threads > 0, f"trainer.threads must be > 0 or null, got {t.threads}")
+    _require(t.batch_size % world == 0,
+             f"trainer.batch_size={t.batch_size} cannot be split among {world} processes; each process takes "
+             "an equal part of every batch, so use a multiple of the process count")
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _require(o.lr_mult > 0, f"optim.lr_mult must be > 0, got {o.lr_mult}")
     _require(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
@@ -47,10 +56,12 @@ def validate(cfg: DictConfig) -> None:
              "data.distort and data.distort_mult must be >= 0")
     if cfg.norm.name in BATCH_NORMS:
         # With one example per batch, BN's variance is 0 and every output is beta: nothing to learn.
+        normalized_together = t.batch_size if cfg.norm.get("sync", False) else t.batch_size // world
         _require(
-            t.batch_size > 1,
-            f"norm={cfg.norm.name} needs trainer.batch_size > 1 (batch statistics of one example are "
-            "degenerate); use norm=none, layer or group for batch size 1",
+            normalized_together > 1,
+            f"norm={cfg.norm.name} needs more than one example per batch{' and process' * (world > 1)} "
+            f"(trainer.batch_size={t.batch_size}: batch statistics of one example are degenerate); "
+            "use norm=none, layer or group for batch size 1" + (", or norm.sync=true" * (world > 1)),
         )
         momentum = cfg.norm.get("momentum", 0.1)  # batch_renorm has a rate instead
         _require(0 <= momentum <= 1, f"norm.momentum must be in [0, 1], got {momentum}")
@@ -111,3 +122,33 @@ class CheckOutputDir(Callback):
         except UserError as e:
             print(e, file=sys.stderr)
             sys.exit(2)
+
+
+class ListSweepOutcomes(Callback):
+    """At the end of a sweep, one line per job that did not complete (failed, interrupted, diverged,
+    or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a result."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import json
+
+        sweep = Path(config.hydra.sweep.dir)
+        outcomes = {}
+        for hydra_dir in sorted(sweep.rglob(".hydra")):
+            job = hydra_dir.parent
+            try:
+                summary = json.loads((job / "summary.json").read_text())
+            except (OSError, ValueError):
+                summary = {"status": "no summary", "error": f"see {job / 'train.log'}"}
+            outcomes[job.relative_to(sweep)] = summary
+        counts: dict[str, int] = {}
+        for summary in outcomes.values():
+            counts[summary["status"]] = counts.get(summary["status"], 0) + 1
+        print(f"bnexp: sweep {sweep}: {len(outcomes)} jobs: "
+              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
+        for job, summary in outcomes.items():
+            if summary["status"] != "completed":
+                detail = summary.get("error") or (f"at step {summary['diverged_at_step']}"
+                                                  if summary.get("diverged_at_step") is not None else "")
+                print(f"  {summary['status']}: {job} {detail}".rstrip(), file=sys.stderr)
+        if any(s["status"] in ("failed", "no summary") for s in outcomes.values()):
+            sys.exit(1)

@@ -44,6 +44,14 @@ def seeded(seed: int, n: int, device="cpu") -> torch.Generator:
     return torch.Generator(device).manual_seed(seed * 1_000_003 + n)
 
 
+def own_shard(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Process `rank`'s contiguous part of a global batch (the whole batch in a single process)."""
+    if world == 1:
+        return batch
+    size = len(batch) // world
+    return batch[rank * size : (rank + 1) * size]
+
+
 class DeviceData:
     """Train and test tensors kept on one device; batches are drawn by indexing.
 
@@ -52,7 +60,7 @@ class DeviceData:
     """
 
     def __init__(self, train_x, train_y, test_x, test_y, num_classes, batch_size, seed, eval_batch_size,
-                 augment=None):
+                 augment=None, shard=(0, 1)):
         if batch_size > len(train_x):
             raise UserError(
                 f"bnexp: error: trainer.batch_size={batch_size} exceeds the {len(train_x)} training examples"
@@ -62,6 +70,7 @@ class DeviceData:
         self.input_shape = tuple(train_x.shape[1:])
         self.batch_size, self.seed, self.eval_batch_size = batch_size, seed, eval_batch_size
         self.augment = augment
+        self.rank, self.world = shard  # this process's part of every global batch (data-parallel runs)
         self.batches_per_epoch = len(train_x) // batch_size  # the last partial batch is dropped
         self._epoch, self._perm = -1, None
 
@@ -71,10 +80,10 @@ class DeviceData:
             g = seeded(self.seed, epoch)
             self._perm = torch.randperm(len(self.train_x), generator=g).to(self.train_x.device)
             self._epoch = epoch
-        idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+        idx = own_shard(self._perm[i * self.batch_size : (i + 1) * self.batch_size], self.rank, self.world)
         x = torch.index_select(self.train_x, 0, idx)  # several times faster than x[idx] on CPU
         if self.augment is not None:
-            x = self.augment(x, seeded(self.seed, step + 7, x.device))
+            x = self.augment(x, seeded(self.seed, (step + 7) * self.world + self.rank, x.device))
         return x, torch.index_select(self.train_y, 0, idx)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -88,7 +97,7 @@ class FolderData:
     resize + center crop for evaluation. Each epoch's order comes from a generator seeded by (seed, epoch).
     """
 
-    def __init__(self, cfg: DictConfig, trainer: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 1)):
         from torchvision import datasets as tvd
         from torchvision import transforms as T
 
@@ -115,6 +124,9 @@ class FolderData:
                             f"{len(self.train)} training images")
         self.num_classes, self.input_shape = len(self.train.classes), (3, cfg.size, cfg.size)
         self.device, self.seed, self.cfg, self.trainer = device, trainer.seed, cfg, trainer
+        # Each process reads whole global batches and keeps its part: simple, and the same batches
+        # as a single process; costs the workers (world - 1) / world of their decoding.
+        self.rank, self.world = shard
         self.batches_per_epoch = len(self.train) // trainer.batch_size
         self._epoch, self._batches = -1, None
 
@@ -132,7 +144,7 @@ class FolderData:
             for _ in range(i):  # a run resumed mid-epoch continues where it stopped
                 next(self._batches)
             self._epoch = epoch
-        x, y = next(self._batches)
+        x, y = (own_shard(t, self.rank, self.world) for t in next(self._batches))
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,10 +152,10 @@ class FolderData:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def build(cfg: DictConfig, trainer: DictConfig, device: torch.device) -> DeviceData | FolderData:
-    """The batch source named by cfg.name, on `device`."""
+def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 1)) -> DeviceData | FolderData:
+    """The batch source named by cfg.name, on `device`; `shard` = (rank, world) in data-parallel runs."""
     if cfg.name == "imagefolder":
-        return FolderData(cfg, trainer, device)
+        return FolderData(cfg, trainer, device, shard)
     distort = cfg.distort * cfg.distort_mult
     augment = make_augment(0, False, distort) if distort > 0 else None
     if cfg.name == "mnist":
@@ -172,7 +184,7 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device) -> DeviceD
     return DeviceData(
         prepare(train_x), train_y.long().to(device), prepare(test_x), test_y.long().to(device),
         num_classes=num_classes, batch_size=trainer.batch_size, seed=trainer.seed,
-        eval_batch_size=trainer.eval_batch_size, augment=augment,
+        eval_batch_size=trainer.eval_batch_size, augment=augment, shard=shard,
     )
 
 

@@ -27,6 +27,8 @@ def make(cfg: DictConfig) -> NormBuilder:
     if name == "none":
         return lambda num_features, kind: None
     if name == "batch":
+        if cfg.get("sync", False):
+            return lambda c, kind: SyncBatchNorm(c, cfg.eps, cfg.momentum)
         return lambda c, kind: (nn.BatchNorm1d if kind == "fc" else nn.BatchNorm2d)(c, cfg.eps, cfg.momentum)
     if name == "batch_paper":
         return lambda c, kind: PaperBatchNorm(c, cfg.eps, cfg.momentum)
@@ -181,6 +183,56 @@ class BatchRenorm(nn.Module):
             self.steps += 1
         xhat = (x - _per_feature(mean, x)) / _per_feature(std, x) * _per_feature(r, x) + _per_feature(d, x)
         return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BN whose training statistics are over the global batch: the shards of all processes of a
+    data-parallel run (norm.sync=true). Without a process group it is plain BN.
+
+    torch's nn.SyncBatchNorm refuses CPU tensors; this one all-reduces through autograd
+    (`all_reduce` below), so it runs on gloo (CPU) and NCCL (GPU) alike. Two all-reduces per
+    layer: the global mean, then the global variance around it (better conditioned than E[x^2] - mean^2).
+    """
+
+    def _check_input_dim(self, x):  # fc or conv inputs alike
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = _stats_dims(x)
+        count = all_reduce(x.new_tensor(float(x.numel() // x.shape[1])))
+        mean = all_reduce(x.sum(dims)) / count
+        centered = x - _per_feature(mean, x)
+        var = all_reduce((centered * centered).sum(dims)) / count  # biased, as in Algorithm 1
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        xhat = centered / torch.sqrt(_per_feature(var, x) + self.eps)
+        return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+
+
+class _AllReduce(torch.autograd.Function):
+    """Sum over processes, differentiable: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduce.apply(grad)
+
+
+all_reduce = _AllReduce.apply
 
 
 class GhostBatchNorm(nn.BatchNorm1d):

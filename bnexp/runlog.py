@@ -20,16 +20,29 @@ HPARAM_METRICS = ("test/accuracy", "test/error", "train/loss", "summary/best_acc
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str]):
+    """resume_step: continue a run whose logs are complete up to that step (its checkpoint): later
+    rows of metrics.csv are dropped, and TensorBoard is told to purge later events, so the resumed
+    run's curves have no step twice and none missing."""
+
+    def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str], resume_step: int | None = None):
         self.dir = Path(run_dir)
-        self.tb = SummaryWriter(log_dir=str(self.dir))
-        self.tb.add_custom_scalars(dashboard_layout(probe_layers))
-        # Written into this run's own event file: SummaryWriter.add_hparams would make a sub-run.
-        for summary in hparams(hyperparameters, dict.fromkeys(HPARAM_METRICS, 0.0)):
-            self.tb.file_writer.add_summary(summary)
-        self._csv_file = open(self.dir / "metrics.csv", "w", newline="", buffering=1)
+        if resume_step is None:
+            self.tb = SummaryWriter(log_dir=str(self.dir))
+            self.tb.add_custom_scalars(dashboard_layout(probe_layers))
+            # Written into this run's own event file: SummaryWriter.add_hparams would make a sub-run.
+            for summary in hparams(hyperparameters, dict.fromkeys(HPARAM_METRICS, 0.0)):
+                self.tb.file_writer.add_summary(summary)
+            rows = []
+        else:
+            # The layout and hparams are in the first event file already.
+            self.tb = SummaryWriter(log_dir=str(self.dir), purge_step=resume_step + 1)
+            rows = kept_rows(self.dir / "metrics.csv", resume_step)
+        metrics, tmp = self.dir / "metrics.csv", self.dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as f:  # replaced whole: a crash here loses no kept row
+            csv.writer(f).writerows([["step", "tag", "value"], *rows])
+        os.replace(tmp, metrics)
+        self._csv_file = open(metrics, "a", newline="", buffering=1)
         self._csv = csv.writer(self._csv_file)
-        self._csv.writerow(["step", "tag", "value"])
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
@@ -40,6 +53,31 @@ class RunLog:
         self.tb.close()
         self._csv_file.close()
         write_json_atomic(self.dir / "summary.json", summary)
+
+
+class NullLog:
+    """The log of a data-parallel run's other processes: rank 0 writes for all."""
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def finish(self, summary: dict) -> None:
+        pass
+
+
+def kept_rows(path: Path, last_step: int) -> list[list[str]]:
+    """metrics.csv's rows up to and including `last_step` (those a checkpoint at that step accounts for)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.reader(f) if row and row[0] != "step" and int(row[0]) <= last_step]
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def dashboard_layout(probe_layers: list[str]) -> dict:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,11 +23,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bnexp import checkpoint, distributed, models
 from bnexp import data as datasets
-from bnexp import models
+from bnexp.config import UserError
 from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe
-from bnexp.runlog import RunLog, flatten
+from bnexp.runlog import NullLog, RunLog, flatten, read_json
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,23 @@ HPARAMS = ("name", "data.name", "model.name", "model.activation", "model.width",
            "trainer.batch_size", "trainer.max_steps", "trainer.seed")
 
 
+# Options that may change between a run and its resumption: they do not change what is computed.
+RESUMABLE_CHANGES = {"trainer.progress", "trainer.device", "trainer.resume", "trainer.checkpoint_every",
+                     "trainer.threads", "runs_root", "data.root", "data.download"}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    rank, world = distributed.rank_and_world()
+    if cfg.trainer.resume == "auto" and (done := finished_summary(run_dir)):
+        log.info("%s already %s; nothing to do", run_dir, done["status"])
+        return done
     device = pick_device(cfg.trainer.device)
+    if cfg.trainer.threads:  # else torch's default: every core, or the share a joblib worker was given
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.trainer.deterministic:
+        make_deterministic()
     torch.manual_seed(cfg.trainer.seed)
-    data = datasets.build(cfg.data, cfg.trainer, device)
+    data = datasets.build(cfg.data, cfg.trainer, device, shard=(rank, world))
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
     base_lr, factor = cfg.optim.lr * cfg.optim.lr_mult, lr_factor(cfg.schedule)
     optimizer = torch.optim.SGD(
@@ -48,11 +64,26 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         nesterov=cfg.optim.nesterov,
         weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
     )
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     config = flatten(OmegaConf.to_container(cfg, resolve=True))
-    hyperparameters = {key: config[key] for key in HPARAMS if key in config}
-    runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()))
-    log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, device,
+    state = None
+    if cfg.trainer.resume == "auto":
+        state = checkpoint.load_latest(run_dir)  # also restores the RNG states
+        if state is not None:
+            check_same_config(run_dir, config)
+    elif rank == 0:
+        checkpoint.remove_all(run_dir)  # resume=never: this run starts over
+    if rank == 0:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        (run_dir / "summary.json").unlink(missing_ok=True)  # a resumed run is no longer finished
+        hyperparameters = {key: config[key] for key in HPARAMS if key in config}
+        runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()),
+                        resume_step=None if state is None else state["step"])
+    else:
+        runlog = NullLog()
+    where = f"{device}" + (f" x {world} processes" if world > 1 else "")
+    if device.type == "cpu":
+        where += f" ({torch.get_num_threads()} threads)"
+    log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, where,
              sum(p.numel() for p in model.parameters()))
     finalize = None
     if cfg.norm.name == "batch_paper" and cfg.norm.inference == "population":
@@ -60,12 +91,42 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             batches = (data.next_batch(step + i)[0] for i in range(cfg.norm.population_batches))
             log.info("population statistics over %d training batches", finalize_population(model, batches))
 
-    return Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog, finalize).fit()
+    trainer = Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog, finalize,
+                      checkpoint_dir=run_dir if rank == 0 else None)
+    if state is not None:
+        trainer.restore(state)
+    return trainer.fit()
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary of a run that has ended for good (completed or diverged), e.g. for a requeued job."""
+    summary = read_json(run_dir / "summary.json")
+    return summary if summary and summary.get("status") in ("completed", "diverged") else None
+
+
+def check_same_config(run_dir: Path, config: dict) -> None:
+    """Refuse to continue a run dir made with a different config: its steps would mix two experiments."""
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    changed = sorted(k for k in saved.keys() | config.keys()
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
+        raise UserError(f"bnexp: error: {run_dir} holds a run with a different config ({diff}); refusing to "
+                        "resume it. Use the run's own overrides, another run dir, or trainer.resume=never.")
+
+
+def make_deterministic() -> None:
+    """Deterministic kernels only (an error where an op has none), cuDNN without autotuning."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", distributed.local_rank())  # one GPU per process under torchrun
     return torch.device(name)
 
 
@@ -89,49 +150,104 @@ def show_progress(setting) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog: RunLog, finalize=None):
+    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog, finalize=None, checkpoint_dir=None):
         """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function.
-        finalize(step), if given, runs once after the last step, before the final evaluation."""
+        finalize(step), if given, runs once after the last step, before the final evaluation.
+        checkpoint_dir: where checkpoints go (None: this process does not write them)."""
         self.cfg, self.model, self.data, self.finalize = cfg, model, data, finalize
-        self.optimizer, self.lr_at, self.log = optimizer, lr_at, runlog
+        self.optimizer, self.lr_at, self.log, self.checkpoint_dir = optimizer, lr_at, runlog, checkpoint_dir
+        self.device = next(model.parameters()).device
         # Speed flags, all off by default: bf16 autocast, NHWC memory layout, torch.compile.
-        # Evaluation runs the uncompiled module, where the probe's hooks live.
-        device_type = next(model.parameters()).device.type
-        self.autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
+        # Evaluation runs the uncompiled, unwrapped module, where the probe's hooks live.
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(model) if cfg.compile else model
+        self.forward = model
+        if torch.distributed.is_initialized():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.forward = torch.compile(self.forward)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
-        self.step = 0
+        self.step = self.saved_step = 0
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: checkpoint, then stop
+        self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
+
+    def state(self) -> dict:
+        """What a resumed run needs besides the config (checkpoint.save adds the step and RNG states)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "history": self.history,
+                "elapsed": self.elapsed_before + time.perf_counter() - self.clock, "started": self.started}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = self.saved_step = state["step"]
+        self.history, self.elapsed_before, self.started = state["history"], state["elapsed"], state["started"]
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_dir is not None and self.saved_step != self.step:
+            checkpoint.save(self.checkpoint_dir, self.step, self.state())
+        self.saved_step = self.step
 
     def fit(self) -> dict:
-        started, clock = datetime.now(timezone.utc), time.perf_counter()
-        status, diverged_at = "interrupted", None
-        self.bar = tqdm(total=self.cfg.max_steps, disable=not show_progress(self.cfg.progress),
+        self.clock = time.perf_counter()
+        status, diverged_at, error = "interrupted", None, None
+        self.bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not show_progress(self.cfg.progress),
                         unit="step", dynamic_ncols=True)
+        handlers = self.catch_signals()
         try:
-            self.evaluate()
+            if not self.history:  # a fresh run; a resumed one has evaluated up to its checkpoint
+                self.evaluate()
             diverged_at = self.train()
-            status = "completed" if diverged_at is None else "diverged"
-        except KeyboardInterrupt:
+            if diverged_at is not None:
+                status = "diverged"
+            elif self.step == self.cfg.max_steps:
+                status = "completed"
+            if status != "diverged":  # at the end, or where a signal stopped the run: a requeue resumes here
+                self.save_checkpoint()
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the last checkpoint stays
             log.warning("interrupted at step %d", self.step)
+        except checkpoint.CheckpointError as e:
+            log.error("%s", e)
+            status, error = "failed", str(e)
         finally:
             self.bar.close()
-        summary = self.summary(status, diverged_at, started, time.perf_counter() - clock)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+        summary = self.summary(status, diverged_at, time.perf_counter() - self.clock)
+        if error:
+            summary["error"] = error
+        if self.stop_signal is not None:
+            summary["stopped_by"] = signal.Signals(self.stop_signal).name
         self.log.scalars(self.step, {f"summary/{k}": summary[k] for k in ("best_accuracy", "final_accuracy")
                                      if summary[k] is not None})
         self.log.finish(summary)
         return summary
+
+    def catch_signals(self) -> dict:
+        """SIGTERM (Slurm preemption, torchrun) and Ctrl-C ask the run to checkpoint and stop; a second
+        one stops it at once."""
+        def stop(signum, frame):
+            if self.stop_signal is not None:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            log.warning("%s at step %d: checkpointing, then stopping", signal.Signals(signum).name, self.step)
+
+        try:
+            return {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread: leave signals to whoever runs us
+            return {}
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """Images in the memory format the model was put in (channels_last when asked for)."""
         return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def train(self) -> int | None:
-        """Step to max_steps; the step of the first non-finite loss if training diverges."""
+        """Step to max_steps, or until a signal; the step of the first non-finite loss if training diverges."""
         cfg, model = self.cfg, self.model
         model.train()
         # Kept on the device and reduced once per log window: no synchronisation per step.
@@ -139,7 +255,11 @@ class Trainer:
         window_start = time.perf_counter()
         # Plain ints: reading a DictConfig costs microseconds, too much for every step.
         max_steps, eval_every, log_every = int(cfg.max_steps), int(cfg.eval_every), int(cfg.log_every)
+        checkpoint_every = int(cfg.checkpoint_every)
+        single_process = not torch.distributed.is_initialized()
         while self.step < max_steps:
+            if self.stop_signal is not None and single_process:
+                return None  # processes of a data-parallel run agree on when to stop, below
             if (step_lr := self.lr_at(self.step)) != lr:
                 lr = step_lr
                 for group in self.optimizer.param_groups:
@@ -160,15 +280,19 @@ class Trainer:
             if evaluate_now or self.step % log_every == 0:
                 window = torch.stack(losses)
                 finite = torch.isfinite(window)
-                if not finite.all():
-                    diverged_at = self.step - len(losses) + 1 + int((~finite).nonzero()[0])
+                diverged, stopping = distributed.any_process([not finite.all(), self.stop_signal is not None],
+                                                             self.device)
+                if diverged:
+                    first = int((~finite).nonzero()[0]) if not finite.all() else len(losses) - 1
+                    diverged_at = self.step - len(losses) + 1 + first
                     log.warning("loss is not finite at step %d: diverged", diverged_at)
                     return diverged_at
                 elapsed = time.perf_counter() - window_start
-                mean_loss = window.mean().item()
+                error = (torch.cat(logits_seen).argmax(1) != torch.cat(labels_seen)).float().mean()
+                mean_loss, error = distributed.mean_over_processes(torch.stack([window.mean(), error])).tolist()
                 self.log.scalars(self.step, {
                     "train/loss": mean_loss,
-                    "train/error": (torch.cat(logits_seen).argmax(1) != torch.cat(labels_seen)).float().mean().item(),
+                    "train/error": error,
                     "opt/lr": lr,
                     "perf/steps_per_s": len(losses) / elapsed,
                 })
@@ -179,6 +303,11 @@ class Trainer:
                     if self.step == max_steps and self.finalize is not None:
                         self.finalize(self.step)
                     self.evaluate()
+                if stopping:
+                    self.stop_signal = self.stop_signal or signal.SIGTERM  # another process was signalled
+                    return None
+                if checkpoint_every and self.step % checkpoint_every == 0:
+                    self.save_checkpoint()
                 window_start = time.perf_counter()
         return None
 
@@ -228,7 +357,7 @@ class Trainer:
         self.model.train()
         return (wrong / max(n, 1)).item()
 
-    def summary(self, status, diverged_at, started, wall_time) -> dict:
+    def summary(self, status, diverged_at, wall_time) -> dict:
         history = self.history
         best_step, best = max(history, key=lambda h: (h[1], -h[0])) if history else (None, None)
         final_step, final = history[-1] if history else (None, None)
@@ -245,9 +374,9 @@ class Trainer:
             "best_step": best_step,
             # The first evaluated step at or above each target: resolution is trainer.eval_every.
             "steps_to_target": {str(t): next((s for s, a in history if a >= t), None) for t in self.cfg.targets},
-            "wall_time_s": round(wall_time, 3),
-            "steps_per_s": round(self.step / wall_time, 2) if wall_time > 0 else None,
-            "started_at": started.isoformat(timespec="seconds"),
+            "wall_time_s": round(self.elapsed_before + wall_time, 3),  # over all segments of a resumed run
+            "steps_per_s": round(self.step / (self.elapsed_before + wall_time), 2) if wall_time > 0 else None,
+            "started_at": self.started.isoformat(timespec="seconds"),
             "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(next(self.model.parameters()).device),
             "torch": torch.__version__,

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_sweep_makes_one_run_dir_per_job(bnexp, runs_root):
 
 
 def test_same_seed_same_result(bnexp, runs_root):
-    done = bnexp("train", "-m", "trainer.seed=3,3", *FAST)
+    done = bnexp("train", "-m", "trainer.seed=3,3", "trainer.deterministic=true", *FAST)
     assert done.returncode == 0, done.stderr
     a, b = summaries(runs_root)
     assert a["final_accuracy"] == b["final_accuracy"]
@@ -152,3 +153,15 @@ def test_wheel_ships_the_configs(tmp_path):
     in_repo = {str(p.relative_to(repo / "configs")) for p in (repo / "configs").rglob("*.yaml")}
     assert "config.yaml" in shipped and in_repo <= shipped
     assert "bnexp/cli.py" in names and "bnexp/models/mlp.py" in names
+
+
+def test_joblib_sweep_runs_every_job_and_lists_what_did_not_complete(bnexp, runs_root):
+    done = bnexp("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "norm=none",
+                 "model.activation=relu", "optim.lr=0.1,-1,1e30")
+    assert done.returncode == 1  # a job failed; the sweep still ran the others
+    assert [s["status"] for s in summaries(runs_root)] == ["completed", "failed", "diverged"]
+    assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stderr
+    assert "failed: 1_" in done.stderr and "optim.lr must be > 0, got -1" in done.stderr
+    assert "diverged: 2_" in done.stderr
+    # joblib gives each of the 2 jobs its share of the cores, so they do not fight over them
+    assert f"({max(1, os.cpu_count() // 2)} threads)" in done.stdout
