@@ -87,8 +87,7 @@ class PaperBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self._collect is not None:  # Algorithm 1 (also while finalizing: the training network)
             dims = _stats_dims(x)
-            mean = x.mean(dims)
-            var = x.var(dims, unbiased=False)
+            var, mean = torch.var_mean(x, dims, unbiased=False)  # one pass for both
             m = x.numel() // x.shape[1]
             with torch.no_grad():
                 if self._collect is not None:
@@ -96,8 +95,8 @@ class PaperBatchNorm(nn.Module):
                 else:
                     self.running_mean.lerp_(mean, self.momentum)
                     self.running_var.lerp_(var * m / max(m - 1, 1), self.momentum)
-            xhat = (x - _per_feature(mean, x)) / torch.sqrt(_per_feature(var, x) + self.eps)
-            return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
+            xhat = (x - _per_feature(mean, x)) * _per_feature(torch.rsqrt(var + self.eps), x)
+            return torch.addcmul(_per_feature(self.bias, x), xhat, _per_feature(self.weight, x))
         scale = self.weight / torch.sqrt(self.running_var + self.eps)  # Algorithm 2: y = scale * x + shift
         shift = self.bias - self.running_mean * scale
         return x * _per_feature(scale, x) + _per_feature(shift, x)

@@ -45,7 +45,9 @@ RESUMABLE_CHANGES = {"trainer.progress", "trainer.device", "trainer.resume", "tr
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     rank, world = distributed.rank_and_world()
+    config = flatten(OmegaConf.to_container(cfg, resolve=True))
     if cfg.trainer.resume == "auto" and (done := finished_summary(run_dir)):
+        check_same_config(run_dir, config)
         log.info("%s already %s; nothing to do", run_dir, done["status"])
         return done
     device = pick_device(cfg.trainer.device)
@@ -64,7 +66,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         nesterov=cfg.optim.nesterov,
         weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
     )
-    config = flatten(OmegaConf.to_container(cfg, resolve=True))
     state = None
     if cfg.trainer.resume == "auto":
         state = checkpoint.load_latest(run_dir)  # also restores the RNG states
@@ -73,7 +74,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     elif rank == 0:
         checkpoint.remove_all(run_dir)  # resume=never: this run starts over
     if rank == 0:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        if state is None:  # a resumed run keeps the config it was checked against
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         (run_dir / "summary.json").unlink(missing_ok=True)  # a resumed run is no longer finished
         hyperparameters = {key: config[key] for key in HPARAMS if key in config}
         runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()),
@@ -106,6 +108,8 @@ def finished_summary(run_dir: Path) -> dict | None:
 
 def check_same_config(run_dir: Path, config: dict) -> None:
     """Refuse to continue a run dir made with a different config: its steps would mix two experiments."""
+    if not (run_dir / "config.yaml").is_file():
+        return
     saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
     changed = sorted(k for k in saved.keys() | config.keys()
                      if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
@@ -167,7 +171,8 @@ class Trainer:
         if torch.distributed.is_initialized():
             from torch.nn.parallel import DistributedDataParallel
 
-            self.forward = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            on_gpu = self.device.type == "cuda"
+            self.forward = DistributedDataParallel(model, device_ids=[self.device] if on_gpu else None)
         if cfg.compile:
             self.forward = torch.compile(self.forward)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)

@@ -1,7 +1,8 @@
 """Forward + backward time of bnexp's normalization layers against torch's native BatchNorm.
 
 Prints, per shape, microseconds per step of each layer and the ratio to native BN (target for
-batch_paper: <= 1.5x; `--compile` also times it under torch.compile).
+batch_paper: <= 1.5x; `--compile` also times it under torch.compile), then the same for a whole
+training step of the paper's MNIST network (where a small layer's per-call overhead is shared).
 
     python scripts/bench_norm.py
     python scripts/bench_norm.py --compile --repeats 200
@@ -15,7 +16,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from bnexp import norm
+from bnexp import models, norm
 
 SHAPES = {"mlp 64x100": ((64, 100), "fc"), "conv 32x64x28x28": ((32, 64, 28, 28), "conv"),
           "conv 32x256x14x14": ((32, 256, 14, 14), "conv")}
@@ -28,16 +29,20 @@ VARIANTS = {
 }
 
 
-def time_layer(layer, x, repeats: int, device) -> float:
-    """Median microseconds of one forward + backward pass."""
-    grad = torch.randn_like(x)
+def time_layer(layer, x, repeats: int, device, loss=None) -> float:
+    """Median microseconds of one forward + backward pass (of `loss(output)`, else of output . random)."""
+    grad = torch.randn_like(x) if loss is None else None
     times = []
     for i in range(repeats + 10):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         x.grad = None
-        layer(x).backward(grad)
+        out = layer(x)
+        if loss is None:
+            out.backward(grad)
+        else:
+            loss(out).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 10:  # warm-up (and compilation) first
@@ -62,6 +67,25 @@ def main() -> None:
                 results["batch_paper (compiled)"] = time_layer(torch.compile(layer), x, args.repeats, device)
         native = results["batch (native)"]
         print(f"{shape_name}: " + ", ".join(f"{n} {t:.0f} us ({t / native:.2f}x)" for n, t in results.items()))
+    print(model_step(args.repeats, args.compile, device))
+
+
+def model_step(repeats: int, compile: bool, device) -> str:
+    """One training step (forward, loss, backward) of the 3 x 100 sigmoid MLP on a batch of 60."""
+    x = torch.randn(60, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (60,), device=device)
+    mlp = OmegaConf.create({"name": "mlp", "hidden": [100, 100, 100], "activation": "sigmoid", "init_std": 0.1})
+    results = {}
+    for name in ("batch (native)", "batch_paper"):
+        model = models.build(mlp, OmegaConf.create(VARIANTS[name]), (1, 28, 28), 10).to(device)
+        def loss(logits):
+            return torch.nn.functional.cross_entropy(logits, y)
+
+        results[name] = time_layer(model, x, repeats, device, loss)
+        if compile:
+            results[f"{name} (compiled)"] = time_layer(torch.compile(model), x, repeats, device, loss)
+    native = results["batch (native)"]
+    return "mlp model step, batch 60: " + ", ".join(f"{n} {t:.0f} us ({t / native:.2f}x)" for n, t in results.items())
 
 
 if __name__ == "__main__":

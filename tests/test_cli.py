@@ -165,3 +165,14 @@ def test_joblib_sweep_runs_every_job_and_lists_what_did_not_complete(bnexp, runs
     assert "diverged: 2_" in done.stderr
     # joblib gives each of the 2 jobs its share of the cores, so they do not fight over them
     assert f"({max(1, os.cpu_count() // 2)} threads)" in done.stdout
+
+
+def test_slurm_preset_composes_and_submitit_runs_the_jobs(bnexp, runs_root):
+    shown = bnexp("train", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert shown.returncode == 0, shown.stderr
+    assert "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in shown.stdout
+    assert "partition: gpu" in shown.stdout and "requeue: true" in shown.stdout
+    # No Slurm here: submitit's local executor runs the same pickled jobs in its job environment.
+    done = bnexp("train", "-m", "hydra/launcher=submitit_local", *FAST, "trainer.seed=0,1")
+    assert done.returncode == 0, done.stderr
+    assert [s["status"] for s in summaries(runs_root)] == ["completed", "completed"]

@@ -93,7 +93,8 @@ def test_torchrun_with_sync_bn_trains_like_one_process_with_the_global_batch(tmp
     # Rank 0 alone wrote: one event file, one metrics.csv with each step once, one summary.
     run_dir = tmp_path / "sync"
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
-    steps = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines() if ",train/loss," in line]
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    steps = [line.split(",")[0] for line in rows if ",train/loss," in line]
     assert steps == [str(s) for s in range(10, 101, 10)]
     assert (run_dir / "summary.json").exists()
 

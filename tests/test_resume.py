@@ -14,7 +14,8 @@ import torch
 
 from bnexp import checkpoint
 from bnexp.config import UserError
-from conftest import BNEXP, summaries
+
+from conftest import BNEXP, FAST, summaries
 
 # Long enough to be stopped mid-run; Batch Renorm (a step-counting buffer) and on-device distortion
 # (a per-step generator) make the state that must survive richer than plain BN's.
@@ -153,7 +154,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_the_newest(tmp_path, monkeyp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(checkpoint.CheckpointError, match="No space left on device.*the newest good one is step_000000100"):
+    full = "No space left on device.*the newest good one is step_000000100"
+    with pytest.raises(checkpoint.CheckpointError, match=full):
         checkpoint.save(tmp_path, 200, {"model": {"w": torch.zeros(3)}})
     monkeypatch.undo()
     assert [p.name for p in checkpoint.directory(tmp_path).iterdir()] == ["step_000000100.pt"]  # no .tmp left
@@ -186,3 +188,30 @@ def test_resume_never_starts_over(bnexp, tmp_path, reference):
     assert done.returncode == 0, done.stderr
     assert "resuming from" not in done.stdout
     assert read_rows(reference) == rows  # the same run again, from step 0
+
+
+def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from bnexp.cli import config_dir
+    from bnexp.train import run
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=[*FAST, "trainer.checkpoint_every=100"])
+    real_save, saved = torch.save, []
+
+    def disk_fills_after_one_checkpoint(obj, f):
+        if saved:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        saved.append(real_save(obj, f))
+
+    monkeypatch.setattr(torch, "save", disk_fills_after_one_checkpoint)
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step_000000100.pt"]
+    assert not list(checkpoint.directory(tmp_path).glob("*.tmp"))
+
+
+def test_a_finished_run_with_a_different_config_is_refused_too(bnexp, reference):
+    done = bnexp("resume", str(reference), "trainer.max_steps=6000")
+    assert done.returncode != 0 and "trainer.max_steps: 3000 -> 6000" in done.stderr
