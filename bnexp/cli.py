@@ -41,6 +41,9 @@ commands:
                       baseline's best accuracy, speed-up, best accuracy over seeds
                       e.g. bnexp report ~/bnexp-runs/fig1_mnist --out report/
 
+Data parallel: torchrun --nproc_per_node=N -m bnexp train [overrides] (norm.sync=true: SyncBN)
+Parallel or Slurm sweeps: bnexp train -m hydra/launcher=joblib|submitit_slurm ...
+
 Runs go to $BNEXP_RUNS (default ~/bnexp-runs); watch them with: tensorboard --logdir ~/bnexp-runs
 """
 
@@ -89,11 +92,11 @@ def resume_arguments(args: list[str]) -> list[str]:
     from omegaconf import OmegaConf
 
     if not args:
-        raise SystemExit("bnexp: error: usage: bnexp resume RUN_DIR [overrides]")
+        raise ValueError("usage: bnexp resume RUN_DIR [overrides]")
     run_dir = Path(args[0])
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
-        raise SystemExit(f"bnexp: error: {run_dir} is not a bnexp run dir (no .hydra/overrides.yaml)")
+        raise ValueError(f"{run_dir} is not a bnexp run dir (no .hydra/overrides.yaml)")
     quoted = str(run_dir.resolve()).replace("\\", "\\\\").replace("'", "\\'")
     return [*OmegaConf.load(overrides), f"hydra.run.dir='{quoted}'", *args[1:]]
 
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             if rank > 0:
                 rest = [*rest, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
         if command == "resume":
-            rest = resume_arguments(rest)
+            try:
+                rest = resume_arguments(rest)
+            except ValueError as e:
+                print(f"bnexp: error: {e}", file=sys.stderr)
+                return 2
         sys.argv = [sys.argv[0], *rest]
         try:
             train()

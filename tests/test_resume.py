@@ -217,3 +217,10 @@ def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch
 def test_a_finished_run_with_a_different_config_is_refused_too(bnexp, reference):
     done = bnexp("resume", str(reference), "trainer.max_steps=6000")
     assert done.returncode != 0 and "trainer.max_steps: 3000 -> 6000" in done.stderr
+
+
+def test_a_sweep_run_again_skips_finished_jobs(bnexp, tmp_path):
+    sweep = ["-m", *FAST, "trainer.seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert bnexp("train", *sweep).returncode == 0
+    again = bnexp("train", *sweep)
+    assert again.returncode == 0 and again.stdout.count("already completed; nothing to do") == 2
