@@ -37,6 +37,8 @@ commands:
                            bnexp train -m norm=none,batch trainer.seed=0,1,2
   resume RUN_DIR      continue a stopped run from its newest checkpoint, with its own overrides
                       (what `bnexp train <its overrides> hydra.run.dir=RUN_DIR` does)
+  finalize RUN_DIR    re-evaluate a run with the paper's population statistics (Algorithm 2)
+                      instead of moving averages, on the same weights: RUN_DIR/finalized.json
   report PATH...      tables (markdown, csv) and figures from runs or sweeps: steps to the
                       baseline's best accuracy, speed-up, best accuracy over seeds
                       e.g. bnexp report ~/bnexp-runs/fig1_mnist --out report/
@@ -135,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             distributed.stop()
         return 0
+    if command == "finalize":
+        from bnexp.finalize import main as finalize
+
+        return finalize(rest)
     if command == "report":
         from bnexp.report import main as report
 

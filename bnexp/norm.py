@@ -104,28 +104,38 @@ class PaperBatchNorm(nn.Module):
 
 @torch.no_grad()
 def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """The paper's inference statistics (Algorithm 2, steps 8-10) for every PaperBatchNorm in
-    `model`: E[x] = mean of the batch means, Var[x] = m/(m-1) * mean of the batch variances, over
-    the given training batches, through the training network with its parameters frozen (dropout
-    off). Returns how many batches were used."""
-    layers = [m for m in model.modules() if isinstance(m, PaperBatchNorm)]
+    """The paper's inference statistics (Algorithm 2, steps 8-10) for every BN layer in `model`:
+    E[x] = mean of the batch means, Var[x] = m/(m-1) * mean of the batch variances, over the given
+    training batches, through the training network with its parameters frozen (dropout off).
+    PaperBatchNorm collects them itself; torch's BN layers (and Ghost/Sync BN) get the same from
+    their cumulative average mode (momentum=None), which averages batch means and unbiased
+    variances. Returns how many batches were used."""
+    papers = [m for m in model.modules() if isinstance(m, PaperBatchNorm)]
+    torch_bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in torch_bns]
     was_training = model.training
     model.eval()
-    for layer in layers:
+    for layer in papers:
         layer._collect = []
+    for layer in torch_bns:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()  # batch statistics, accumulated into the running ones
     count = 0
     try:
         for x in batches:
             model(x)
             count += 1
-        for layer in layers:
+        for layer in papers:
             means, variances, sizes = zip(*layer._collect, strict=True)
             m = sizes[0]
             layer.running_mean.copy_(torch.stack(means).mean(0))
             layer.running_var.copy_(torch.stack(variances).mean(0) * m / max(m - 1, 1))
     finally:
-        for layer in layers:
+        for layer in papers:
             layer._collect = None
+        for layer, momentum in zip(torch_bns, momenta, strict=True):
+            layer.momentum = momentum
         model.train(was_training)
     return count
 

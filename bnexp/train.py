@@ -153,6 +153,20 @@ def show_progress(setting) -> bool:
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
+@torch.inference_mode()
+def test_metrics(model, data, layout=lambda x: x) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set."""
+    model.eval()
+    correct = loss_sum = n = 0
+    for x, y in data.eval_batches():
+        logits = model(layout(x))
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    model.train()
+    return correct.item() / n, loss_sum.item() / n
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog, finalize=None, checkpoint_dir=None):
         """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function.
@@ -316,26 +330,16 @@ class Trainer:
                 window_start = time.perf_counter()
         return None
 
-    @torch.inference_mode()
     def evaluate(self) -> None:
         """Test-set accuracy of the inference network (eval mode: population statistics)."""
-        self.model.eval()
-        correct = loss_sum = n = 0
-        with self.probe.recording():
-            for x, y in self.data.eval_batches():
-                with self.autocast():
-                    logits = self.model(self.layout(x))
-                loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-                correct += (logits.argmax(1) == y).sum()
-                n += len(y)
-        self.model.train()
-        accuracy = correct.item() / n
+        with self.probe.recording(), self.autocast():
+            accuracy, loss = test_metrics(self.model, self.data, self.layout)
         self.history.append((self.step, accuracy))
         batchstats = {"test/error_batchstats": self.error_with_batch_statistics()} if self.batch_norms else {}
         self.log.scalars(self.step, {
             "test/accuracy": accuracy,
             "test/error": 1 - accuracy,
-            "test/loss": loss_sum.item() / n,
+            "test/loss": loss,
             **batchstats,
             **self.probe.percentiles(),
         })

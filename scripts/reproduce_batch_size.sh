@@ -5,7 +5,12 @@
 # linear in the batch size (2.0 at 64, the Figure 1 choice); 8 evaluations per run, each also with
 # batch statistics on test batches of the training batch size (test/error_batchstats).
 #
-#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh   # 90 runs, about 50 minutes on 1 core
+#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh   # 90 runs, about 45 minutes on 1 core
+#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh population   # 12 runs, about 8 minutes
+#
+# `population` asks whether BN's small-batch failure lies in its inference statistics: BN at batch
+# 2..16 again, then `bnexp finalize` on each run: the paper's population statistics (Algorithm 2,
+# over 6,000 training examples after training) in place of the moving averages, same weights.
 #
 # Runs go to $BNEXP_RUNS/batch_size (default ~/bnexp-runs); the table and figure to results/batch_size.
 set -euo pipefail
@@ -15,14 +20,32 @@ python=$(dirname "$bnexp")/python
 sweep=${BNEXP_RUNS:-$HOME/bnexp-runs}/batch_size/$(date +%Y-%m-%d_%H-%M-%S)
 examples=${EXAMPLES:-192000}
 
+common() {  # the overrides every run at batch size $1 shares
+  local steps=$((examples / $1))
+  echo experiment=fig1_mnist trainer.seed=0,1,2 trainer.batch_size="$1" trainer.max_steps=$steps \
+    trainer.eval_every=$((steps / 8)) trainer.eval_batchstats=true trainer.progress=false \
+    optim.lr="$("$python" -c "print(2.0 * $1 / 64)")"
+}
+
+if [ "${1:-}" = population ]; then
+  for batch in 2 4 8 16; do
+    # shellcheck disable=SC2046  # common's words are separate overrides
+    "$bnexp" train -m norm=batch $(common $batch) hydra.sweep.dir="$sweep/b$batch"
+    for run in "$sweep/b$batch"/*/; do
+      "$bnexp" finalize "$run" --batches $((6000 / batch))
+    done
+  done
+  "$python" scripts/batch_size_report.py "$sweep" --out results/batch_size/population
+  exit
+fi
+
 for batch in 2 4 8 16 32 64; do
   steps=$((examples / batch))
-  common=(experiment=fig1_mnist trainer.seed=0,1,2 trainer.batch_size=$batch trainer.max_steps=$steps
-          trainer.eval_every=$((steps / 8)) trainer.eval_batchstats=true optim.lr=$("$python" -c "print(2.0 * $batch / 64)")
-          trainer.progress=false)
-  "$bnexp" train -m norm=batch,group,layer,none "${common[@]}" hydra.sweep.dir="$sweep/b$batch"
+  # shellcheck disable=SC2046
+  "$bnexp" train -m norm=batch,group,layer,none $(common $batch) hydra.sweep.dir="$sweep/b$batch"
   # Batch Renorm's rmax/dmax schedule at the same fractions of the run as its defaults' of 50,000 steps.
+  # shellcheck disable=SC2046
   "$bnexp" train -m norm=batch_renorm norm.warmup_steps=$((steps / 10)) norm.dmax_steps=$((steps / 2)) \
-    norm.rmax_steps=$((steps * 4 / 5)) "${common[@]}" hydra.sweep.dir="$sweep/b${batch}_renorm"
+    norm.rmax_steps=$((steps * 4 / 5)) $(common $batch) hydra.sweep.dir="$sweep/b${batch}_renorm"
 done
 "$python" scripts/batch_size_report.py "$sweep" --out results/batch_size

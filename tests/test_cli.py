@@ -176,3 +176,24 @@ def test_slurm_preset_composes_and_submitit_runs_the_jobs(bnexp, runs_root):
     done = bnexp("train", "-m", "hydra/launcher=submitit_local", *FAST, "trainer.seed=0,1")
     assert done.returncode == 0, done.stderr
     assert [s["status"] for s in summaries(runs_root)] == ["completed", "completed"]
+
+
+def test_finalize_reevaluates_the_same_weights_with_population_statistics(bnexp, runs_root, tmp_path):
+    run_dir = tmp_path / "bn"
+    assert bnexp("train", *FAST, "trainer.batch_size=4", "optim.lr=0.1", f"hydra.run.dir={run_dir}").returncode == 0
+    [newest] = (run_dir / "checkpoints").iterdir()  # the final one
+    before = newest.read_bytes()
+    done = bnexp("finalize", str(run_dir), "--batches", "50")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run_dir / "finalized.json").read_text())
+    # Moving averages: exactly what the run's last evaluation measured.
+    assert result["moving_average"]["accuracy"] == summaries(run_dir)[0]["final_accuracy"]
+    assert result["moving_average"]["loss"] == pytest.approx(read_csv(run_dir)["test/loss"][200])
+    assert result["batches"] == 50 and result["examples"] == 200 and result["checkpoint_step"] == 200
+    assert result["population"]["loss"] != result["moving_average"]["loss"]
+    assert newest.read_bytes() == before  # the run itself is left as it was
+
+    renorm = tmp_path / "renorm"
+    assert bnexp("train", *FAST, "norm=batch_renorm", f"hydra.run.dir={renorm}").returncode == 0
+    refused = bnexp("finalize", str(renorm))
+    assert refused.returncode == 2 and "norm=batch_renorm has no BN population statistics" in refused.stderr

@@ -70,8 +70,9 @@ def test_paper_bn_gradcheck():
     assert torch.autograd.gradcheck(layer, (x,))
 
 
-def test_finalize_gives_the_unbiased_population_variance():
-    layer = builder("batch_paper")(1, "fc")
+@pytest.mark.parametrize("name", ["batch_paper", "batch"])
+def test_finalize_gives_the_unbiased_population_variance(name):
+    layer = builder(name)(1, "fc")
     batches = [torch.tensor([[2.0], [4.0], [6.0], [8.0]]), torch.tensor([[1.0], [1.0], [3.0], [3.0]])]
     model = nn.Sequential(layer)
     assert norm.finalize_population(model, batches) == 2
@@ -79,6 +80,7 @@ def test_finalize_gives_the_unbiased_population_variance():
     assert layer.running_mean.item() == pytest.approx(3.5)
     assert layer.running_var.item() == pytest.approx(4.0)
     assert model.training  # restored
+    assert getattr(layer, "momentum", 0.1) == 0.1  # torch BN's momentum too
 
 
 def test_batch_renorm_with_rmax_1_dmax_0_is_bn():
