@@ -66,11 +66,12 @@ def train(cfg: DictConfig) -> dict:
     from bnexp.train import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         validate(cfg)
         summary = run(cfg, run_dir)
     except Exception as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not in_sweep:
             raise
         # In a sweep, one job's failure is recorded and the others go on; the sweep's end lists it.
         log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
@@ -81,7 +82,7 @@ def train(cfg: DictConfig) -> dict:
         outcome += f" at step {summary['diverged_at_step']}"
     log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
              summary["best_step"], summary["final_accuracy"], run_dir)
-    if summary["status"] == "failed":
+    if summary["status"] == "failed" and not in_sweep:  # a sweep lists it at its end
         sys.exit(1)
     if summary["status"] == "interrupted":
         # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
