@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> dict:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    (run_dir / "failure.json").unlink(missing_ok=True)  # from an earlier attempt
     try:
         validate(cfg)
         summary = run(cfg, run_dir)
@@ -74,8 +75,9 @@ def train(cfg: DictConfig) -> dict:
         if not in_sweep:
             raise
         # In a sweep, one job's failure is recorded and the others go on; the sweep's end lists it.
+        # Its own file: a refused job must not overwrite the summary of the run already in its dir.
         log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
-        write_json_atomic(run_dir / "summary.json", {"status": "failed", "error": str(e)})
+        write_json_atomic(run_dir / "failure.json", {"status": "failed", "error": str(e)})
         return {"status": "failed"}
     outcome = summary["status"]
     if summary["diverged_at_step"] is not None:

@@ -129,17 +129,14 @@ class ListSweepOutcomes(Callback):
     or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a result."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import json
+        from bnexp.runlog import read_json
 
         sweep = Path(config.hydra.sweep.dir)
         outcomes = {}
         for hydra_dir in sorted(sweep.rglob(".hydra")):
             job = hydra_dir.parent
-            try:
-                summary = json.loads((job / "summary.json").read_text())
-            except (OSError, ValueError):
-                summary = {"status": "no summary", "error": f"see {job / 'train.log'}"}
-            outcomes[job.relative_to(sweep)] = summary
+            outcomes[job.relative_to(sweep)] = (read_json(job / "failure.json") or read_json(job / "summary.json")
+                                                or {"status": "no summary", "error": f"see {job / 'train.log'}"})
         counts: dict[str, int] = {}
         for summary in outcomes.values():
             counts[summary["status"]] = counts.get(summary["status"], 0) + 1

@@ -70,7 +70,8 @@ def kept_rows(path: Path, last_step: int) -> list[list[str]]:
     if not path.exists():
         return []
     with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if row and row[0] != "step" and int(row[0]) <= last_step]
+        # len 3: a process killed mid-write can leave a partial last line
+        return [row for row in csv.reader(f) if len(row) == 3 and row[0] != "step" and int(row[0]) <= last_step]
 
 
 def read_json(path: Path) -> dict | None:

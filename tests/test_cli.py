@@ -159,7 +159,9 @@ def test_joblib_sweep_runs_every_job_and_lists_what_did_not_complete(bnexp, runs
     done = bnexp("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAST, "norm=none",
                  "model.activation=relu", "optim.lr=0.1,-1,1e30")
     assert done.returncode == 1  # a job failed; the sweep still ran the others
-    assert [s["status"] for s in summaries(runs_root)] == ["completed", "failed", "diverged"]
+    assert [s["status"] for s in summaries(runs_root)] == ["completed", "diverged"]
+    [failure] = runs_root.rglob("failure.json")
+    assert "1_" in failure.parent.name and "optim.lr must be > 0" in json.loads(failure.read_text())["error"]
     assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stderr
     assert "failed: 1_" in done.stderr and "optim.lr must be > 0, got -1" in done.stderr
     assert "diverged: 2_" in done.stderr

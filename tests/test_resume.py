@@ -224,3 +224,14 @@ def test_a_sweep_run_again_skips_finished_jobs(bnexp, tmp_path):
     assert bnexp("train", *sweep).returncode == 0
     again = bnexp("train", *sweep)
     assert again.returncode == 0 and again.stdout.count("already completed; nothing to do") == 2
+
+
+def test_a_sweep_run_again_with_other_options_keeps_its_runs(bnexp, tmp_path):
+    # Job dirs named by number only, so that the second sweep's jobs land in the first one's.
+    sweep = ["-m", *FAST, "trainer.seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+             "hydra.sweep.subdir=${hydra.job.num}"]
+    assert bnexp("train", *sweep).returncode == 0
+    again = bnexp("train", *sweep, "optim.lr=0.5")  # another config in the same dirs: refused, listed
+    assert again.returncode == 1 and "2 jobs: 2 failed" in again.stderr
+    assert "holds a run with a different config" in again.stderr
+    assert [s["status"] for s in summaries(tmp_path / "sweep")] == ["completed", "completed"]
