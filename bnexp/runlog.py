@@ -27,6 +27,10 @@ class RunLog:
     def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str], resume_step: int | None = None):
         self.dir = Path(run_dir)
         if resume_step is None:
+            # A run that starts from step 0 in a dir used before (resume=never, or an attempt that
+            # died before its first checkpoint): the old events would show every step twice.
+            for old in self.dir.glob("events.out.tfevents.*"):
+                old.unlink()
             self.tb = SummaryWriter(log_dir=str(self.dir))
             self.tb.add_custom_scalars(dashboard_layout(probe_layers))
             # Written into this run's own event file: SummaryWriter.add_hparams would make a sub-run.

@@ -190,6 +190,7 @@ def test_resume_never_starts_over(bnexp, tmp_path, reference):
     assert done.returncode == 0, done.stderr
     assert "resuming from" not in done.stdout
     assert read_rows(reference) == rows  # the same run again, from step 0
+    assert len(list(reference.glob("events.out.tfevents.*"))) == 1  # the first attempt's events are gone
 
 
 def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch):
