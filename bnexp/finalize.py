@@ -37,11 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finalize(run_dir: Path, batches: int) -> dict:
-    from torch import nn
-
     from bnexp import checkpoint, models
     from bnexp import data as datasets
-    from bnexp.norm import PaperBatchNorm, finalize_population
+    from bnexp.norm import finalize_population, population_layers
     from bnexp.runlog import write_json_atomic
     from bnexp.train import pick_device, test_metrics
 
@@ -57,7 +55,7 @@ def finalize(run_dir: Path, batches: int) -> dict:
     data = datasets.build(cfg.data, cfg.trainer, device)
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
     model.load_state_dict(state["model"])
-    if not any(isinstance(m, (PaperBatchNorm, nn.modules.batchnorm._BatchNorm)) for m in model.modules()):
+    if not population_layers(model):
         raise UserError(f"bnexp: error: norm={cfg.norm.name} has no BN population statistics to finalize "
                         "(batch, batch_paper and ghost have)")
     moving = test_metrics(model, data)

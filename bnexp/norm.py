@@ -102,6 +102,11 @@ class PaperBatchNorm(nn.Module):
         return x * _per_feature(scale, x) + _per_feature(shift, x)
 
 
+def population_layers(model: nn.Module) -> list[nn.Module]:
+    """The BN layers whose inference statistics `finalize_population` can compute (not Batch Renorm's)."""
+    return [m for m in model.modules() if isinstance(m, (PaperBatchNorm, nn.modules.batchnorm._BatchNorm))]
+
+
 @torch.no_grad()
 def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """The paper's inference statistics (Algorithm 2, steps 8-10) for every BN layer in `model`:
@@ -110,8 +115,9 @@ def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
     PaperBatchNorm collects them itself; torch's BN layers (and Ghost/Sync BN) get the same from
     their cumulative average mode (momentum=None), which averages batch means and unbiased
     variances. Returns how many batches were used."""
-    papers = [m for m in model.modules() if isinstance(m, PaperBatchNorm)]
-    torch_bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = population_layers(model)
+    papers = [m for m in layers if isinstance(m, PaperBatchNorm)]
+    torch_bns = [m for m in layers if not isinstance(m, PaperBatchNorm)]
     momenta = [m.momentum for m in torch_bns]
     was_training = model.training
     model.eval()
@@ -194,7 +200,15 @@ class BatchRenorm(nn.Module):
         return _per_feature(self.weight, x) * xhat + _per_feature(self.bias, x)
 
 
-class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+class _AnyInputBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """torch's BN machinery for fc (N x C) and conv (N x C x H x W) inputs alike."""
+
+    def _check_input_dim(self, x):
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
+
+
+class SyncBatchNorm(_AnyInputBatchNorm):
     """BN whose training statistics are over the global batch: the shards of all processes of a
     data-parallel run (norm.sync=true). Without a process group it is plain BN.
 
@@ -202,10 +216,6 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     (`all_reduce` below), so it runs on gloo (CPU) and NCCL (GPU) alike. Two all-reduces per
     layer: the global mean, then the global variance around it (better conditioned than E[x^2] - mean^2).
     """
-
-    def _check_input_dim(self, x):  # fc or conv inputs alike
-        if x.dim() not in (2, 4):
-            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -244,7 +254,7 @@ class _AllReduce(torch.autograd.Function):
 all_reduce = _AllReduce.apply
 
 
-class GhostBatchNorm(nn.BatchNorm1d):
+class GhostBatchNorm(_AnyInputBatchNorm):
     """BN over virtual sub-batches of `virtual_batch` examples (Hoffer et al. 2017): each chunk of
     the batch is normalized with its own statistics; running statistics average over the chunks.
     Inference is plain BN with the population statistics."""
@@ -252,10 +262,6 @@ class GhostBatchNorm(nn.BatchNorm1d):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, virtual_batch=32):
         super().__init__(num_features, eps, momentum)
         self.virtual_batch = virtual_batch
-
-    def _check_input_dim(self, x):  # fc or conv inputs alike
-        if x.dim() not in (2, 4):
-            raise ValueError(f"expected a 2D or 4D input, got {x.dim()}D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.shape[0] <= self.virtual_batch:

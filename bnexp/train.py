@@ -299,10 +299,11 @@ class Trainer:
             if evaluate_now or self.step % log_every == 0:
                 window = torch.stack(losses)
                 finite = torch.isfinite(window)
-                diverged, stopping = distributed.any_process([not finite.all(), self.stop_signal is not None],
+                diverged_here = not finite.all()
+                diverged, stopping = distributed.any_process([diverged_here, self.stop_signal is not None],
                                                              self.device)
-                if diverged:
-                    first = int((~finite).nonzero()[0]) if not finite.all() else len(losses) - 1
+                if diverged:  # here, or in another process (then: this window's last step)
+                    first = int((~finite).nonzero()[0]) if diverged_here else len(losses) - 1
                     diverged_at = self.step - len(losses) + 1 + first
                     log.warning("loss is not finite at step %d: diverged", diverged_at)
                     return diverged_at
