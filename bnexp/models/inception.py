@@ -7,8 +7,9 @@ but the classifier. Every convolution is z = g(norm(Wu)), the bias dropped where
 
 Resolving the table's inconsistency: its output totals for 4c and 4d (576) do not match its own
 filter counts (which sum to 608). We keep the filter counts as printed, so 4c and 4d output 608
-channels and 4e outputs 1056; at width 1, 224 px and 1000 classes this gives 13.5M parameters
-(the paper: 13.6M).
+channels and 4e outputs 1056; at width 1, 224 px and 1000 classes this gives 11.29M parameters
+with BN (tests/test_inception.py; public BN-Inception ports report the same). The paper quotes
+13.6M, which its own table does not add up to.
 
 Knobs: `width` scales every filter count; `stem` is "imagenet" (7x7/2 conv, max pool, 1x1, 3x3,
 max pool: 224 px -> 28x28 at 3a) or "small" (two 3x3 convolutions at stride 1, for 28-32 px
