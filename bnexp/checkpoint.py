@@ -80,7 +80,8 @@ def remove_all(run_dir: Path) -> None:
 
 
 def load_latest(run_dir: Path) -> dict | None:
-    """The newest readable checkpoint (RNG states restored), None when the run has none."""
+    """The newest readable checkpoint, None when the run has none. Its RNG states, under "rng", are
+    the caller's to restore (set_rng_states): loading changes nothing but what it returns."""
     found = checkpoints(run_dir)
     for path in found:
         try:
@@ -92,10 +93,9 @@ def load_latest(run_dir: Path) -> dict | None:
         except Exception as e:  # torch.load raises many kinds on a truncated or foreign file
             log.warning("checkpoint %s is damaged (%s: %s); trying the one before it", path, type(e).__name__, e)
             continue
-        set_rng_states(state["rng"])
         log.info("resuming from %s (step %d)", path, state["step"])
         return state
     if found:
-        raise UserError(f"bnexp: error: every checkpoint in {directory(run_dir)} is damaged; refusing to start "
+        raise UserError(f"every checkpoint in {directory(run_dir)} is damaged; refusing to start "
                         "over in the same run dir (move it away, or set trainer.resume=never to overwrite it)")
     return None

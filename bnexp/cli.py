@@ -1,11 +1,16 @@
 """bnexp's command line: `bnexp <command> [args]`.
 
-  bnexp train [hydra overrides]     one run; `-m` sweeps; --cfg job, --help, -sc as in any Hydra app
-  torchrun --nproc_per_node=N -m bnexp train ...   one data-parallel run (bnexp/distributed.py)
-  bnexp report RUN_OR_SWEEP_DIR...  paper-shaped tables and figures from run directories
-
-Hydra cannot sit under a sub-command parser, so the sub-command is taken off argv before
-Hydra sees the rest.
+The life of a run, from `bnexp train norm=none` to summary.json:
+  1. main() takes `train` off argv (Hydra cannot sit under a sub-command parser) and calls train().
+  2. Hydra composes configs/config.yaml with the overrides; CheckOutputDir (below, wired in
+     config.yaml's hydra.callbacks) refuses an unusable run dir; Hydra creates it and calls train().
+  3. train(): config.validate(cfg) checks every setting, then train.run(cfg, run_dir):
+  4. run() builds data.build -> models.build (with norm.make) -> SGD, restores a checkpoint if the
+     run dir has one (checkpoint.load_latest, then set_rng_states) and hands them to Trainer.
+  5. Trainer.fit(): evaluate at step 0, train() steps to max_steps, each log window's end
+     (end_window) logging, evaluating and checkpointing; finish() evaluates the last step.
+  6. RunLog.finish writes summary.json (bnexp/summary.py) last, atomically; train() reports it.
+  In a sweep (-m) Hydra calls train() once per job; ListSweepOutcomes (below) lists them at the end.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import bnexp
 from bnexp import distributed
-from bnexp.config import UserError
+from bnexp.config import EXECUTION_SETTINGS, UserError
+from bnexp.summary import FAILURE, SUMMARY, Status, write_json_atomic
+from bnexp.summary import read as read_summary
 
 log = logging.getLogger("bnexp")
 
@@ -59,37 +68,98 @@ def config_dir() -> str:
     raise FileNotFoundError(f"bnexp's configs/ not found beside {package}")
 
 
+# configs/config.yaml names sweep job dirs after their overrides, less these (config.EXECUTION_SETTINGS).
+OmegaConf.register_new_resolver("bnexp_execution_settings", lambda *more: sorted(EXECUTION_SETTINGS | set(more)))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `bnexp train OVERRIDES` would run, composed in-process (tests, benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def train(cfg: DictConfig) -> dict:
     from bnexp.config import validate
-    from bnexp.runlog import write_json_atomic
     from bnexp.train import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    (run_dir / "failure.json").unlink(missing_ok=True)  # from an earlier attempt
+    (run_dir / FAILURE).unlink(missing_ok=True)  # from an earlier attempt
     try:
         validate(cfg)
         summary = run(cfg, run_dir)
     except Exception as e:
         if not in_sweep:
+            if isinstance(e, UserError):  # one line; real bugs keep Hydra's traceback
+                print(e, file=sys.stderr)
+                sys.exit(2)
             raise
         # In a sweep, one job's failure is recorded and the others go on; the sweep's end lists it.
         # Its own file: a refused job must not overwrite the summary of the run already in its dir.
         log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
-        write_json_atomic(run_dir / "failure.json", {"status": "failed", "error": str(e)})
-        return {"status": "failed"}
-    outcome = summary["status"]
+        write_json_atomic(run_dir / FAILURE, {"status": Status.FAILED, "error": str(e)})
+        return {"status": Status.FAILED}
+    outcome = str(summary["status"])
     if summary["diverged_at_step"] is not None:
         outcome += f" at step {summary['diverged_at_step']}"
     log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
              summary["best_step"], summary["final_accuracy"], run_dir)
-    if summary["status"] == "failed" and not in_sweep:  # a sweep lists it at its end
+    if summary["status"] == Status.FAILED and not in_sweep:  # a sweep lists it at its end
         sys.exit(1)
-    if summary["status"] == "interrupted":
+    if summary["status"] == Status.INTERRUPTED:
         # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
         sys.exit(128 + signal.Signals[summary.get("stopped_by", "SIGINT")].value)
     return summary
+
+
+class CheckOutputDir(Callback):
+    """Before Hydra creates the run (or sweep) dir: make sure it can be created and written, and
+    say why in one line if not. Hydra turns exceptions in callbacks into warnings, so this exits."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def check(directory: str) -> None:
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=directory).close()
+        except OSError as e:  # not a directory, no permission, a read-only disk, a name too long, ...
+            print(UserError(f"output directory {directory} cannot be used ({e.strerror or e}); "
+                            "set runs_root=... or $BNEXP_RUNS"), file=sys.stderr)
+            sys.exit(2)
+
+
+class ListSweepOutcomes(Callback):
+    """At the end of a sweep, one line per job that did not complete (failed, interrupted, diverged,
+    or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a result."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        outcomes = {}
+        for hydra_dir in sorted(sweep.rglob(".hydra")):
+            job = hydra_dir.parent
+            outcomes[job.relative_to(sweep)] = (read_summary(job / FAILURE) or read_summary(job / SUMMARY)
+                                                or {"status": "no summary", "error": f"see {job / 'train.log'}"})
+        counts: dict[str, int] = {}
+        for summary in outcomes.values():
+            counts[summary["status"]] = counts.get(summary["status"], 0) + 1
+        print(f"bnexp: sweep {sweep}: {len(outcomes)} jobs: "
+              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
+        for job, summary in outcomes.items():
+            if summary["status"] != Status.COMPLETED:
+                detail = summary.get("error") or (f"at step {summary['diverged_at_step']}"
+                                                  if summary.get("diverged_at_step") is not None else "")
+                print(f"  {summary['status']}: {job} {detail}".rstrip(), file=sys.stderr)
+        if any(s["status"] in (Status.FAILED, "no summary") for s in outcomes.values()):
+            sys.exit(1)
 
 
 def resume_arguments(args: list[str]) -> list[str]:
@@ -122,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         rank, world = distributed.rank_and_world()
         if world > 1:  # under torchrun: one process per device, one run dir, rank 0 writes
             if "-m" in rest or "--multirun" in rest:
-                print("bnexp: error: a sweep (-m) cannot run under torchrun; run each job with torchrun, or "
-                      "sweep with one process per job", file=sys.stderr)
+                print(UserError("a sweep (-m) cannot run under torchrun; run each job with torchrun, or "
+                                "sweep with one process per job"), file=sys.stderr)
                 return 2
             distributed.start()
             if rank > 0:
@@ -132,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 rest = resume_arguments(rest)
             except ValueError as e:
-                print(f"bnexp: error: {e}", file=sys.stderr)
+                print(UserError(str(e)), file=sys.stderr)
                 return 2
         sys.argv = [sys.argv[0], *rest]
         try:

@@ -1,151 +1,363 @@
-"""Configuration checks: the one place where bad input becomes one clear error line."""
+"""Configuration checks: the one place where bad input becomes one clear error line.
+
+`validate(cfg)` runs before any data is loaded. Every setting in the composed config has a rule
+here (its type and range); a setting without one, such as `+trainer.typo=1`, is refused rather
+than silently ignored. Rules that span settings (batch sizes and the norm, the model's shapes)
+follow, the model itself checked by building it on the meta device: no memory, no compute.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-import sys
-from pathlib import Path
+import re
 
 from hydra.errors import CompactHydraException
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-DEVICES = ("auto", "cpu", "cuda")
-ACTIVATIONS = ("sigmoid", "relu")
-STEMS = ("auto", "imagenet", "small")
-BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost")  # those that use batch statistics
+# Settings that change how a run executes but not what it computes. Runs that differ only in
+# these (and the seed) are seeds of one variant in `bnexp report`; a run may be resumed with
+# them changed; sweep dirs are not named after them (configs/config.yaml).
+EXECUTION_SETTINGS = frozenset({
+    "runs_root", "data.root", "data.download", "data.workers",
+    "trainer.device", "trainer.threads", "trainer.progress", "trainer.eval_batch_size", "trainer.checkpoint_every",
+    "trainer.resume", "trainer.deterministic", "trainer.channels_last", "trainer.compile",
+})
 
 
 class UserError(CompactHydraException):
-    """A mistake in the user's input: Hydra prints the message alone, without a traceback."""
+    """A mistake in the user's input: reported as one line, `bnexp: error: <message>`, no traceback."""
 
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(f"bnexp: error: {message}")
+    def __init__(self, message: str):
+        super().__init__(f"bnexp: error: {message}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Reject configurations that cannot produce a meaningful run, before any training starts."""
-    t, o = cfg.trainer, cfg.optim
-    world = int(os.environ.get("WORLD_SIZE", 1))  # processes of a data-parallel run (torchrun)
-    _require(t.max_steps > 0, f"trainer.max_steps must be > 0, got {t.max_steps}")
-    _require(t.batch_size > 0, f"trainer.batch_size must be > 0, got {t.batch_size}")
-    _require(t.eval_every > 0, f"trainer.eval_every must be > 0, got {t.eval_every}")
-    _require(t.log_every > 0, f"trainer.log_every must be > 0, got {t.log_every}")
-    _require(t.eval_batch_size > 0, f"trainer.eval_batch_size must be > 0, got {t.eval_batch_size}")
-    _require(t.device in DEVICES, f"trainer.device must be one of {DEVICES}, got {t.device!r}")
-    _require(
-        all(0 < a <= 1 for a in t.targets),
-        f"trainer.targets are accuracies in (0, 1], got {list(t.targets)}",
-    )
-    _require(t.checkpoint_every >= 0 and t.checkpoint_every % t.log_every == 0,
+    """Refuse configurations that cannot produce a meaningful run, before any training starts."""
+    c = Checks(cfg)
+    c.text("name")
+    c.text("runs_root")
+    for group, rules in (("data", DATA), ("model", MODELS), ("norm", NORMS), ("optim", OPTIMIZERS),
+                         ("schedule", SCHEDULES)):
+        rules[c.choice(f"{group}.name", tuple(rules))](c)
+    _trainer(c)
+    c.nothing_else()
+    across_settings(cfg)
+
+
+class Checks:
+    """Type and range checks of single settings. Ranges read as written: "> 0", ">= 1", "[0, 1)".
+    Every key checked is remembered, so that `nothing_else` can refuse settings without a rule."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, self.seen = cfg, set()
+
+    def value(self, key: str):
+        self.seen.add(key)
+        try:
+            return OmegaConf.select(self.cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            raise UserError(f"{key} is required: set {key}=...") from None
+        except OmegaConfBaseException as e:  # an interpolation that cannot be resolved
+            raise UserError(f"{key}: {str(e).splitlines()[0]}") from None
+
+    def whole(self, key: str, bounds: str, null: bool = False) -> int | None:
+        v = self.value(key)
+        ok = (v is None and null) or (_is_whole(v) and _within(v, bounds))
+        return self._require(ok, key, v, f"a whole number {bounds}" + " or null" * null)
+
+    def number(self, key: str, bounds: str | None = None) -> float:
+        v = self.value(key)
+        return self._require(_is_number(v) and _within(v, bounds), key, v, f"a number {bounds or ''}".strip())
+
+    def numbers(self, key: str, bounds: str | None = None, empty: bool = False) -> None:
+        """A number or a list of numbers (an empty list only where `empty`)."""
+        v = self.value(key)
+        values = list(v) if isinstance(v, ListConfig) else [v]
+        ok = (bool(values) or empty) and all(_is_number(x) and _within(x, bounds) for x in values)
+        self._require(ok, key, v, f"a number {bounds or ''}".strip() + " or a list of them")
+
+    def wholes(self, key: str, bounds: str) -> None:
+        v = self.value(key)
+        ok = isinstance(v, ListConfig) and all(_is_whole(x) and _within(x, bounds) for x in v)
+        self._require(ok, key, v, f"a list of whole numbers {bounds}")
+
+    def flag(self, key: str) -> None:
+        v = self.value(key)
+        self._require(isinstance(v, bool), key, v, "true or false")
+
+    def choice(self, key: str, options: tuple) -> str:
+        v = self.value(key)
+        ok = any(v == o and type(v) is type(o) for o in options)  # 1 is not true, nor "true" true
+        shown = (str(o).lower() if isinstance(o, bool) else o for o in options)  # as YAML writes them
+        return self._require(ok, key, v, f"one of {', '.join(shown)}")
+
+    def text(self, key: str) -> None:
+        v = self.value(key)
+        self._require(isinstance(v, str) and v != "", key, v, "a non-empty text")
+
+    @staticmethod
+    def _require(ok: bool, key: str, value, what: str):
+        if not ok:
+            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            raise UserError(f"{key} must be {what}, got {shown!r}")
+        return value
+
+    def nothing_else(self) -> None:
+        """Refuse settings that no rule knows (`+trainer.typo=1`): bnexp would silently ignore them."""
+        tree = OmegaConf.to_container(self.cfg, resolve=False, throw_on_missing=False)
+        tree.pop("hydra", None)
+        unknown = sorted(set(_leaves(tree)) - self.seen)
+        if unknown:
+            raise UserError(f"unknown setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: bnexp does not use "
+                            f"{'them' if len(unknown) > 1 else 'it'} (a typo?); see `bnexp train --cfg job`")
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _is_whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_BOUNDS = re.compile(r"^\s*(?:(>=|>|<=|<)\s*(\S+)|([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])]))\s*$")
+
+
+def _within(v: float, bounds: str | None) -> bool:
+    """v satisfies "> 0", ">= 1", "< 5" or an interval "[0, 1)", "(0, 1]"."""
+    if bounds is None:
+        return True
+    op, limit, left, lo, hi, right = _BOUNDS.match(bounds).groups()
+    if op:
+        limit = float(limit)
+        return {">": v > limit, ">=": v >= limit, "<": v < limit, "<=": v <= limit}[op]
+    lo, hi = float(lo), float(hi)
+    return (v > lo if left == "(" else v >= lo) and (v < hi if right == ")" else v <= hi)
+
+
+# --- one rule set per option of each config group (configs/<group>/<option>.yaml) -------------
+
+def _distortion(c: Checks) -> None:
+    c.number("data.distort", ">= 0")
+    c.number("data.distort_mult", ">= 0")
+
+
+def _pixels(c: Checks) -> None:
+    c.numbers("data.mean")
+    c.numbers("data.std", "> 0")
+
+
+def _downloaded(c: Checks) -> None:
+    c.text("data.root")
+    c.flag("data.download")
+
+
+def _mnist(c: Checks) -> None:
+    _downloaded(c)
+    _pixels(c)
+    _distortion(c)
+
+
+def _cifar10(c: Checks) -> None:
+    _mnist(c)
+    c.whole("data.crop_padding", ">= 0")
+    c.flag("data.flip")
+
+
+def _synthetic(c: Checks) -> None:
+    _pixels(c)
+    _distortion(c)
+    c.whole("data.n_train", ">= 1")
+    c.whole("data.n_test", ">= 1")
+    c.whole("data.num_classes", ">= 2")
+    c.wholes("data.shape", ">= 1")
+    c.number("data.noise", ">= 0")
+    c.whole("data.seed", ">= 0")
+
+
+def _imagefolder(c: Checks) -> None:
+    c.text("data.root")
+    _pixels(c)
+    _distortion(c)
+    c.whole("data.size", ">= 1")
+    c.number("data.min_crop_scale", "(0, 1]")
+    c.whole("data.workers", ">= 0")
+
+
+DATA = {"mnist": _mnist, "cifar10": _cifar10, "synthetic": _synthetic, "imagefolder": _imagefolder}
+ACTIVATIONS = ("sigmoid", "relu")
+
+
+def _mlp(c: Checks) -> None:
+    c.wholes("model.hidden", ">= 1")  # a layer of width 0 would pass nothing on
+    c.choice("model.activation", ACTIVATIONS)
+    c.number("model.init_std", "> 0")
+
+
+def _inception(c: Checks) -> None:
+    c.number("model.width", "> 0")
+    c.choice("model.stem", ("auto", "imagenet", "small"))
+    c.flag("model.stem_pool")
+    c.choice("model.activation", ACTIVATIONS)
+    c.number("model.dropout", "[0, 1)")
+    c.flag("model.lrn")
+
+
+MODELS = {"mlp": _mlp, "inception": _inception}
+
+
+def _eps(c: Checks) -> None:
+    c.number("norm.eps", "> 0")
+
+
+def _moving_averages(c: Checks) -> None:
+    _eps(c)
+    c.number("norm.momentum", "[0, 1]")
+
+
+def _batch(c: Checks) -> None:
+    _moving_averages(c)
+    c.flag("norm.sync")
+
+
+def _batch_paper(c: Checks) -> None:
+    _moving_averages(c)
+    c.choice("norm.inference", ("moving_average", "population"))
+    c.whole("norm.population_batches", ">= 1")
+
+
+def _batch_renorm(c: Checks) -> None:
+    _eps(c)
+    c.number("norm.rate", "(0, 1]")
+    c.whole("norm.warmup_steps", ">= 0")
+    c.number("norm.rmax", ">= 1")
+    c.whole("norm.rmax_steps", ">= 0")
+    c.number("norm.dmax", ">= 0")
+    c.whole("norm.dmax_steps", ">= 0")
+
+
+def _ghost(c: Checks) -> None:
+    _moving_averages(c)
+    c.whole("norm.virtual_batch", ">= 2")
+
+
+def _group(c: Checks) -> None:
+    _eps(c)
+    c.whole("norm.groups", ">= 1")
+
+
+NORMS = {"none": lambda c: None, "batch": _batch, "batch_paper": _batch_paper, "batch_renorm": _batch_renorm,
+         "ghost": _ghost, "group": _group, "layer": _eps, "instance": _eps}
+BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost")  # those that use batch statistics
+
+
+def _sgd(c: Checks) -> None:
+    c.number("optim.lr", "> 0")
+    c.number("optim.lr_mult", "> 0")
+    c.number("optim.momentum", "[0, 1)")
+    c.flag("optim.nesterov")
+    c.number("optim.weight_decay", ">= 0")
+    c.number("optim.weight_decay_mult", ">= 0")
+
+
+def _exponential(c: Checks) -> None:
+    c.number("schedule.decay_rate", "(0, 1]")
+    c.number("schedule.decay_steps", "> 0")
+    c.flag("schedule.staircase")
+    c.number("schedule.speedup", "> 0")
+
+
+OPTIMIZERS = {"sgd": _sgd}
+SCHEDULES = {"constant": lambda c: None, "exponential": _exponential}
+
+
+def _trainer(c: Checks) -> None:
+    c.whole("trainer.max_steps", "> 0")
+    c.whole("trainer.batch_size", "> 0")
+    c.whole("trainer.eval_every", "> 0")
+    c.whole("trainer.log_every", "> 0")
+    c.whole("trainer.eval_batch_size", "> 0")
+    c.whole("trainer.seed", "[0, 4294967295]")
+    c.choice("trainer.device", ("auto", "cpu", "cuda"))
+    c.choice("trainer.progress", ("auto", True, False))
+    c.numbers("trainer.targets", "(0, 1]", empty=True)
+    c.whole("trainer.probe_unit", ">= 0")
+    for flag in ("eval_batchstats", "amp", "channels_last", "compile", "deterministic"):
+        c.flag(f"trainer.{flag}")
+    c.whole("trainer.checkpoint_every", ">= 0")
+    c.choice("trainer.resume", ("auto", "never"))
+    c.whole("trainer.threads", "> 0", null=True)
+
+
+def across_settings(cfg: DictConfig) -> None:
+    """Rules between settings, and the model's shapes, for the batch each process will see."""
+    t, world = cfg.trainer, int(os.environ.get("WORLD_SIZE", 1))  # processes of a data-parallel run (torchrun)
+    _require(t.checkpoint_every % t.log_every == 0,
              f"trainer.checkpoint_every must be a multiple of trainer.log_every ({t.log_every}) or 0, "
              f"got {t.checkpoint_every}")
-    _require(t.resume in ("auto", "never"), f"trainer.resume must be auto or never, got {t.resume!r}")
-    _require(t.threads is None or t.threads > 0, f"trainer.threads must be > 0 or null, got {t.threads}")
     _require(t.batch_size % world == 0,
              f"trainer.batch_size={t.batch_size} cannot be split among {world} processes; each process takes "
              "an equal part of every batch, so use a multiple of the process count")
-    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _require(o.lr_mult > 0, f"optim.lr_mult must be > 0, got {o.lr_mult}")
-    _require(o.momentum >= 0, f"optim.momentum must be >= 0, got {o.momentum}")
-    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    _require(o.weight_decay_mult >= 0, f"optim.weight_decay_mult must be >= 0, got {o.weight_decay_mult}")
-    _require(cfg.data.get("distort", 0) >= 0 and cfg.data.get("distort_mult", 1) >= 0,
-             "data.distort and data.distort_mult must be >= 0")
+    per_process = t.batch_size // world
     if cfg.norm.name in BATCH_NORMS:
         # With one example per batch, BN's variance is 0 and every output is beta: nothing to learn.
-        normalized_together = t.batch_size if cfg.norm.get("sync", False) else t.batch_size // world
+        normalized_together = t.batch_size if cfg.norm.get("sync", False) else per_process
         _require(
             normalized_together > 1,
             f"norm={cfg.norm.name} needs more than one example per batch{' and process' * (world > 1)} "
             f"(trainer.batch_size={t.batch_size}: batch statistics of one example are degenerate); "
             "use norm=none, layer or group for batch size 1" + (", or norm.sync=true" * (world > 1)),
         )
-        momentum = cfg.norm.get("momentum", 0.1)  # batch_renorm has a rate instead
-        _require(0 <= momentum <= 1, f"norm.momentum must be in [0, 1], got {momentum}")
-    if cfg.norm.name != "none":
-        _require(cfg.norm.eps > 0, f"norm.eps must be > 0, got {cfg.norm.eps}")
     if cfg.norm.name == "ghost":
-        _require(cfg.norm.virtual_batch > 1, f"norm.virtual_batch must be > 1, got {cfg.norm.virtual_batch}")
-    m = cfg.model
-    _require(m.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got {m.activation!r}")
-    if m.name == "mlp":
-        _require(m.init_std > 0, f"model.init_std must be > 0, got {m.init_std}")
-    if m.name == "inception":
-        _require(m.width > 0, f"model.width must be > 0, got {m.width}")
-        _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}")
-        _require(m.stem in STEMS, f"model.stem must be one of {STEMS}, got {m.stem!r}")
-    if cfg.schedule.name == "exponential":
-        _require(0 < cfg.schedule.decay_rate <= 1, "schedule.decay_rate must be in (0, 1]")
-        _require(cfg.schedule.decay_steps > 0, "schedule.decay_steps must be > 0")
-        _require(cfg.schedule.speedup > 0, "schedule.speedup must be > 0")
-    _require(not o.nesterov or o.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
+        virtual = cfg.norm.virtual_batch
+        _require(per_process <= virtual or per_process % virtual == 0,
+                 f"norm=ghost needs the batch size{' per process' * (world > 1)} ({per_process}) to be a multiple "
+                 f"of norm.virtual_batch ({virtual}), so that every virtual batch has the same size")
+    _require(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
+    check_model(cfg)
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Build the model and run one batch through it on the meta device (shapes only), so that an
+    architecture that cannot be built, or a probe unit beyond a layer's width, is refused now."""
+    import torch
+
+    from bnexp import data, models
+
+    shape = data.input_shape(cfg.data)
+    widths = {}
+    with torch.device("meta"):
+        model = models.build(cfg.model, cfg.norm, shape, num_classes=2).eval()  # the classes change no check
+        for name, module in model.probe_points().items():
+            module.register_forward_pre_hook(lambda m, inputs, name=name: widths.__setitem__(name, inputs[0].shape[1]))
+        try:
+            model(torch.empty(2, *shape))
+        except RuntimeError as e:
+            raise UserError(f"model={cfg.model.name} cannot take {cfg.data.name}'s {tuple(shape)} inputs: "
+                            f"{str(e).splitlines()[0]}") from None
+    narrowest = min(widths.items(), key=lambda kv: kv[1], default=None)
+    _require(narrowest is None or cfg.trainer.probe_unit < narrowest[1],
+             f"trainer.probe_unit={cfg.trainer.probe_unit} is beyond the {narrowest and narrowest[1]} units of "
+             f"layer {narrowest and narrowest[0]} (units are numbered from 0)")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
 
 
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def check_writable(directory: str) -> None:
-    """Fail early, with one line, when the run directory cannot be created or written."""
-    path = Path(directory)
-    existing = next(p for p in [path, *path.parents] if p.exists())
-    _require(existing.is_dir(), f"output directory {directory}: {existing} is not a directory")
-    _require(
-        os.access(existing, os.W_OK | os.X_OK),
-        f"output directory {directory} is not writable (no write permission on {existing}); "
-        "set runs_root=... or $BNEXP_RUNS",
-    )
-
-
-class CheckOutputDir(Callback):
-    """Hydra creates the run directory before the job starts: check that it can, and say so if not.
-
-    Hydra turns exceptions in callbacks into warnings, so a refusal exits here with one line.
-    """
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config.hydra.sweep.dir)
-
-    @staticmethod
-    def _check(directory: str) -> None:
-        try:
-            check_writable(directory)
-        except UserError as e:
-            print(e, file=sys.stderr)
-            sys.exit(2)
-
-
-class ListSweepOutcomes(Callback):
-    """At the end of a sweep, one line per job that did not complete (failed, interrupted, diverged,
-    or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a result."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from bnexp.runlog import read_json
-
-        sweep = Path(config.hydra.sweep.dir)
-        outcomes = {}
-        for hydra_dir in sorted(sweep.rglob(".hydra")):
-            job = hydra_dir.parent
-            outcomes[job.relative_to(sweep)] = (read_json(job / "failure.json") or read_json(job / "summary.json")
-                                                or {"status": "no summary", "error": f"see {job / 'train.log'}"})
-        counts: dict[str, int] = {}
-        for summary in outcomes.values():
-            counts[summary["status"]] = counts.get(summary["status"], 0) + 1
-        print(f"bnexp: sweep {sweep}: {len(outcomes)} jobs: "
-              + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())), file=sys.stderr)
-        for job, summary in outcomes.items():
-            if summary["status"] != "completed":
-                detail = summary.get("error") or (f"at step {summary['diverged_at_step']}"
-                                                  if summary.get("diverged_at_step") is not None else "")
-                print(f"  {summary['status']}: {job} {detail}".rstrip(), file=sys.stderr)
-        if any(s["status"] in ("failed", "no summary") for s in outcomes.values()):
-            sys.exit(1)

@@ -40,23 +40,23 @@ def finalize(run_dir: Path, batches: int) -> dict:
     from bnexp import checkpoint, models
     from bnexp import data as datasets
     from bnexp.norm import finalize_population, population_layers
-    from bnexp.runlog import write_json_atomic
+    from bnexp.summary import write_json_atomic
     from bnexp.train import pick_device, test_metrics
 
     if batches < 1:
-        raise UserError(f"bnexp: error: --batches must be >= 1, got {batches}")
+        raise UserError(f"--batches must be >= 1, got {batches}")
     if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"bnexp: error: {run_dir} is not a bnexp run dir (no config.yaml)")
+        raise UserError(f"{run_dir} is not a bnexp run dir (no config.yaml)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     state = checkpoint.load_latest(run_dir)
     if state is None:
-        raise UserError(f"bnexp: error: {run_dir} has no checkpoint to finalize")
+        raise UserError(f"{run_dir} has no checkpoint to finalize")
     device = pick_device(cfg.trainer.device)
     data = datasets.build(cfg.data, cfg.trainer, device)
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
     model.load_state_dict(state["model"])
     if not population_layers(model):
-        raise UserError(f"bnexp: error: norm={cfg.norm.name} has no BN population statistics to finalize "
+        raise UserError(f"norm={cfg.norm.name} has no BN population statistics to finalize "
                         "(batch, batch_paper and ghost have)")
     moving = test_metrics(model, data)
     step = state["step"]

@@ -42,7 +42,7 @@ def make(cfg: DictConfig) -> NormBuilder:
     if name == "group":
         def group(c: int, kind: str) -> nn.Module:
             if c % cfg.groups:
-                raise UserError(f"bnexp: error: norm=group with norm.groups={cfg.groups} does not divide {c} "
+                raise UserError(f"norm=group with norm.groups={cfg.groups} does not divide {c} "
                                 "channels; choose a divisor of every layer's width")
             return nn.GroupNorm(cfg.groups, c, cfg.eps)
 
@@ -50,12 +50,12 @@ def make(cfg: DictConfig) -> NormBuilder:
     if name == "instance":
         def instance(c: int, kind: str) -> nn.Module:
             if kind == "fc":
-                raise UserError("bnexp: error: norm=instance normalizes each channel over its spatial positions; "
+                raise UserError("norm=instance normalizes each channel over its spatial positions; "
                                 "after a fully connected layer there are none (use a conv model, or norm=layer)")
             return nn.InstanceNorm2d(c, cfg.eps, affine=True)
 
         return instance
-    raise UserError(f"bnexp: error: unknown norm.name {name!r}")
+    raise UserError(f"unknown norm.name {name!r}")
 
 
 def _stats_dims(x: torch.Tensor) -> tuple[int, ...]:
@@ -266,7 +266,6 @@ class GhostBatchNorm(_AnyInputBatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.shape[0] <= self.virtual_batch:
             return super().forward(x)
-        if x.shape[0] % self.virtual_batch:
-            raise UserError(f"bnexp: error: norm=ghost needs the batch size ({x.shape[0]}) to be a multiple "
-                            f"of norm.virtual_batch ({self.virtual_batch})")
+        if x.shape[0] % self.virtual_batch:  # bnexp's validation refuses such batch sizes before a run starts
+            raise ValueError(f"batch of {x.shape[0]} is not a multiple of virtual_batch={self.virtual_batch}")
         return torch.cat([super(GhostBatchNorm, self).forward(chunk) for chunk in x.split(self.virtual_batch)])

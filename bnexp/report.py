@@ -1,103 +1,28 @@
 """`bnexp report PATH...`: the paper's tables and figures from run directories on disk.
 
-It reads only what runs wrote (config.yaml, metrics.csv or the TensorBoard events, summary.json),
-so it works on runs made anywhere. Runs are grouped into variants (the config without the seed),
-aggregated over seeds, and compared with a baseline the way the paper's Figure 3 table does:
-steps to reach the baseline's best accuracy, speed-up, best accuracy. Unfinished, diverged or
-damaged runs are reported as such, never silently dropped.
+Runs (read by bnexp/runs.py) are grouped into variants (the config without the seed and the
+execution settings), aggregated over seeds, and compared with a baseline the way the paper's
+Figure 3 table does: steps to reach the baseline's best accuracy, speed-up, best accuracy.
+Unfinished, diverged or damaged runs are reported as such, never silently dropped. The figures
+are drawn by bnexp/figures.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from bnexp.config import EXECUTION_SETTINGS
+from bnexp.figures import plot_figures
+from bnexp.runs import Run, find_run_dirs, load_run
+from bnexp.summary import ENDED, Status, first_step_reaching
 
-from bnexp.runlog import flatten
-
-# Keys that do not change what is being measured: runs differing only in these are seeds of one variant.
-NOT_THE_VARIANT = {"trainer.seed", "trainer.progress", "trainer.device", "trainer.eval_batch_size",
-                   "runs_root", "data.root", "data.download"}
-
-
-@dataclass
-class Run:
-    path: Path
-    config: dict
-    summary: dict | None
-    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # tag -> step -> value
-
-    @property
-    def status(self) -> str:
-        return self.summary["status"] if self.summary else "unfinished"
-
-    @property
-    def seed(self):
-        return self.config.get("trainer.seed")
-
-    @property
-    def accuracy(self) -> list[tuple[int, float]]:
-        return sorted(self.curves.get("test/accuracy", {}).items())
-
-
-def first_step_reaching(history: list[tuple[int, float]], target: float) -> int | None:
-    """The first evaluated step whose accuracy is at least `target`; None if it never gets there."""
-    return next((step for step, accuracy in history if accuracy >= target), None)
-
-
-def find_run_dirs(paths: list[Path]) -> list[Path]:
-    """Run directories: the ones holding the resolved config.yaml that every bnexp run writes."""
-    found = set()
-    for path in paths:
-        candidates = [path / "config.yaml", *path.rglob("config.yaml")] if path.is_dir() else []
-        found.update(c.parent for c in candidates if c.is_file() and c.parent.name != ".hydra")
-    return sorted(found)
-
-
-def load_run(path: Path) -> Run:
-    """A run as written to disk; raises ValueError with the reason when it cannot be read."""
-    try:
-        config = flatten(OmegaConf.to_container(OmegaConf.load(path / "config.yaml")))
-    except Exception as e:  # OSError, YAML errors, a config that is not a mapping
-        raise ValueError(f"unreadable config.yaml ({type(e).__name__}: {e})") from None
-    summary = None
-    if (path / "summary.json").exists():
-        try:
-            summary = json.loads((path / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"unreadable summary.json ({e})") from None
-    return Run(path, config, summary, read_curves(path))
-
-
-def read_curves(path: Path) -> dict[str, dict[int, float]]:
-    curves: dict[str, dict[int, float]] = defaultdict(dict)
-    if (path / "metrics.csv").exists():
-        try:
-            with open(path / "metrics.csv", newline="") as f:
-                for row in csv.DictReader(f):
-                    curves[row["tag"]][int(row["step"])] = float(row["value"])
-        except (KeyError, ValueError, TypeError, csv.Error) as e:
-            raise ValueError(f"damaged metrics.csv ({type(e).__name__}: {e})") from None
-    elif any(path.glob("events.out.tfevents.*")):
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        try:
-            events = EventAccumulator(str(path), size_guidance={"scalars": 0}).Reload()
-            for tag in events.Tags()["scalars"]:
-                curves[tag] = {e.step: e.value for e in events.Scalars(tag)}
-        except Exception as e:  # tensorboard raises many kinds on damaged files
-            raise ValueError(f"damaged event file ({type(e).__name__}: {e})") from None
-    if not curves.get("test/accuracy"):
-        raise ValueError("no test/accuracy recorded (neither metrics.csv nor TensorBoard events)")
-    return dict(curves)
+# Runs that differ only in these are seeds of one variant.
+NOT_THE_VARIANT = EXECUTION_SETTINGS | {"trainer.seed"}
 
 
 def silent_keys(runs: list[Run]) -> set[str]:
@@ -180,9 +105,9 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "variant": name,
             "baseline": name == baseline,
             "runs": len(runs),
-            "completed": sum(r.status == "completed" for r in runs),
-            "diverged": sum(r.status == "diverged" for r in runs),
-            "unfinished": sum(r.status not in ("completed", "diverged") for r in runs),
+            "completed": sum(r.status == Status.COMPLETED for r in runs),
+            "diverged": sum(r.status == Status.DIVERGED for r in runs),
+            "unfinished": sum(r.status not in ENDED for r in runs),
             "best_accuracy": mean_std([max(a for _, a in r.accuracy) for r in runs]),
             "final_accuracy": mean_std([r.accuracy[-1][1] for r in runs]),
             "target": target,
@@ -192,7 +117,7 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "steps_to": {t: mean_std(crossings[t]) for t in fixed_targets},
             "reached": {t: len(crossings[t]) for t in fixed_targets},
             "wall_time_s": mean_std([r.summary["wall_time_s"] for r in runs if r.summary]),
-            "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == "diverged"],
+            "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == Status.DIVERGED],
         })
     return rows
 
@@ -263,10 +188,6 @@ def curve_stats(runs: list[Run], tag: str) -> list[tuple[int, int, float, float,
     return out
 
 
-def probe_layers(run: Run) -> list[str]:
-    return sorted({tag.split("/")[1] for tag in run.curves if tag.startswith("probe/")})
-
-
 def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
     """The data behind the figures: accuracy over seeds per step, and the probe of each variant's first seed."""
     with open(path, "w", newline="") as f:
@@ -275,85 +196,11 @@ def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
                     "test_accuracy_max", "probe_run", "probe_layer", "probe_p15", "probe_p50", "probe_p85"])
         for name, runs in variants.items():
             first = runs[0]
-            layer = (probe_layers(first) or [""])[-1]
+            layer = (first.probe_layers or [""])[-1]
             probe = {q: first.curves.get(f"probe/{layer}/{q}", {}) for q in ("p15", "p50", "p85")}
             for step, n, mean, std, lo, hi in curve_stats(runs, "test/accuracy"):
                 w.writerow([name, step, n, mean, std, lo, hi, first.path.name, layer,
                             *(probe[q].get(step, "") for q in ("p15", "p50", "p85"))])
-
-
-def plot_figures(variants: dict[str, list[Run]], out: Path) -> list[Path]:
-    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
-    color = {name: cmap(i % cmap.N) for i, name in enumerate(variants)}
-    accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
-    means = sorted(s[2] for stats in accuracy.values() for s in stats)
-    # Zoom like the paper's Figure 1(a): hide the first few evaluations near chance.
-    y_range = (max(0.0, means[len(means) // 10] - 0.05), min(1.0, means[-1] + 0.005))
-
-    def accuracy_panel(ax, log_x=False):
-        for name, stats in accuracy.items():
-            stats = [s for s in stats if not (log_x and s[0] == 0)]
-            steps = [s[0] for s in stats]
-            runs = len(variants[name])
-            ax.plot(steps, [s[2] for s in stats], color=color[name], label=f"{name} ({runs} run{'s' * (runs > 1)})")
-            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=color[name], alpha=0.2,
-                            linewidth=0)
-        ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
-        ax.set_ylabel("test accuracy")
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_ylim(*y_range)
-        ax.grid(alpha=0.3)
-
-    def legend(fig, axes):
-        if len(variants) <= 4:
-            axes[0].legend(loc="lower right", fontsize=8)
-        else:
-            handles, labels = axes[0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    accuracy_panel(axes[0])
-    accuracy_panel(axes[1], log_x=True)
-    legend(fig, axes)
-    fig.suptitle("Test accuracy vs training steps (line: mean over seeds; band: min-max)")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    written = [out / "accuracy.png"]
-
-    probed = {name: runs[0] for name, runs in variants.items() if probe_layers(runs[0])}
-    if probed:
-        panels = 1 + len(probed)
-        ncols = min(panels, 4)
-        nrows = math.ceil(panels / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
-        axes = axes.flatten()
-        accuracy_panel(axes[0])
-        axes[0].set_title("(a) test accuracy")
-        for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=False)):
-            layer = probe_layers(run)[-1]
-            for q, style in (("p15", "--"), ("p50", "-"), ("p85", "--")):
-                points = sorted(run.curves[f"probe/{layer}/{q}"].items())
-                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color[name], label=q)
-            ax.set_title(f"({chr(ord('b') + i)}) {name}\ninput to one {layer} unit, seed {run.seed}", fontsize=9)
-            ax.set_xlabel("training steps")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        for ax in axes[panels:]:
-            ax.set_visible(False)
-        legend(fig, axes)
-        fig.tight_layout()
-        fig.savefig(out / "figure.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(out / "figure.png")
-    return written
 
 
 def pick_baseline(variants: dict[str, list[Run]], wanted: str | None) -> str:
@@ -427,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "report.md").write_text(text)
         write_csv(rows, fixed_targets, args.out / "report.csv")
         write_curves_csv(variants, args.out / "curves.csv")
-        for path in plot_figures(variants, args.out):
+        accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
+        for path in plot_figures(variants, accuracy, args.out):
             print(f"wrote {path}")
     return 0

@@ -1,19 +1,19 @@
 """What a run leaves on disk: TensorBoard events, metrics.csv, and summary.json written last.
 
 metrics.csv is long-form (step, tag, value) and holds exactly the scalars sent to TensorBoard.
-summary.json appears only when the run has ended and says how (completed | diverged | interrupted);
-it is written to a temporary file and renamed, so a reader never sees half of one.
+summary.json (bnexp/summary.py) appears only when the run has ended and says how.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from bnexp.summary import SUMMARY, Summary, write_json_atomic
 
 # The metrics the HParams tab shows beside each run's hyper-parameters.
 HPARAM_METRICS = ("test/accuracy", "test/error", "train/loss", "summary/best_accuracy", "summary/final_accuracy")
@@ -53,10 +53,10 @@ class RunLog:
             self.tb.add_scalar(tag, value, step)
             self._csv.writerow([step, tag, repr(float(value))])
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: Summary) -> None:
         self.tb.close()
         self._csv_file.close()
-        write_json_atomic(self.dir / "summary.json", summary)
+        write_json_atomic(self.dir / SUMMARY, summary)
 
 
 class NullLog:
@@ -65,7 +65,7 @@ class NullLog:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         pass
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: Summary) -> None:
         pass
 
 
@@ -76,13 +76,6 @@ def kept_rows(path: Path, last_step: int) -> list[list[str]]:
     with open(path, newline="") as f:
         # len 3: a process killed mid-write can leave a partial last line
         return [row for row in csv.reader(f) if len(row) == 3 and row[0] != "step" and int(row[0]) <= last_step]
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def dashboard_layout(probe_layers: list[str]) -> dict:
@@ -102,16 +95,6 @@ def dashboard_layout(probe_layers: list[str]) -> dict:
             for layer in probe_layers
         },
     }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

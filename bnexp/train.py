@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from bnexp import checkpoint, distributed, models
 from bnexp import data as datasets
-from bnexp.config import UserError
+from bnexp.config import EXECUTION_SETTINGS, UserError
 from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe
-from bnexp.runlog import NullLog, RunLog, flatten, read_json
+from bnexp.runlog import NullLog, RunLog, flatten
+from bnexp.summary import SUMMARY, Status, Summary, ended, first_step_reaching, provenance
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,10 @@ HPARAMS = ("name", "data.name", "model.name", "model.activation", "model.width",
            "trainer.batch_size", "trainer.max_steps", "trainer.seed")
 
 
-# Options that may change between a run and its resumption: they do not change what is computed.
-RESUMABLE_CHANGES = {"trainer.progress", "trainer.device", "trainer.resume", "trainer.checkpoint_every",
-                     "trainer.threads", "runs_root", "data.root", "data.download"}
-
-
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path) -> Summary:
     rank, world = distributed.rank_and_world()
     config = flatten(OmegaConf.to_container(cfg, resolve=True))
-    if cfg.trainer.resume == "auto" and (done := finished_summary(run_dir)):
+    if cfg.trainer.resume == "auto" and (done := ended(run_dir)):
         check_same_config(run_dir, config)
         log.info("%s already %s; nothing to do", run_dir, done["status"])
         return done
@@ -68,15 +64,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     )
     state = None
     if cfg.trainer.resume == "auto":
-        state = checkpoint.load_latest(run_dir)  # also restores the RNG states
+        state = checkpoint.load_latest(run_dir)
         if state is not None:
             check_same_config(run_dir, config)
+            checkpoint.set_rng_states(state["rng"])  # every draw after this is the uninterrupted run's
     elif rank == 0:
         checkpoint.remove_all(run_dir)  # resume=never: this run starts over
     if rank == 0:
         if state is None:  # a resumed run keeps the config it was checked against
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        (run_dir / "summary.json").unlink(missing_ok=True)  # a resumed run is no longer finished
+        (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is no longer finished
         hyperparameters = {key: config[key] for key in HPARAMS if key in config}
         runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()),
                         resume_step=None if state is None else state["step"])
@@ -87,23 +84,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         where += f" ({torch.get_num_threads()} threads)"
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, where,
              sum(p.numel() for p in model.parameters()))
-    finalize = None
-    if cfg.norm.name == "batch_paper" and cfg.norm.inference == "population":
-        def finalize(step: int) -> None:
-            batches = (data.next_batch(step + i)[0] for i in range(cfg.norm.population_batches))
-            log.info("population statistics over %d training batches", finalize_population(model, batches))
-
-    trainer = Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog, finalize,
+    # The paper's inference statistics (Algorithm 2) replace the moving averages after the last step.
+    population = cfg.norm.name == "batch_paper" and cfg.norm.inference == "population"
+    trainer = Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog,
+                      population_batches=cfg.norm.population_batches if population else 0,
                       checkpoint_dir=run_dir if rank == 0 else None)
     if state is not None:
         trainer.restore(state)
     return trainer.fit()
-
-
-def finished_summary(run_dir: Path) -> dict | None:
-    """The summary of a run that has ended for good (completed or diverged), e.g. for a requeued job."""
-    summary = read_json(run_dir / "summary.json")
-    return summary if summary and summary.get("status") in ("completed", "diverged") else None
 
 
 def check_same_config(run_dir: Path, config: dict) -> None:
@@ -112,10 +100,10 @@ def check_same_config(run_dir: Path, config: dict) -> None:
         return
     saved = flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
     changed = sorted(k for k in saved.keys() | config.keys()
-                     if k not in RESUMABLE_CHANGES and saved.get(k) != config.get(k))
+                     if k not in EXECUTION_SETTINGS and saved.get(k) != config.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
-        raise UserError(f"bnexp: error: {run_dir} holds a run with a different config ({diff}); refusing to "
+        raise UserError(f"{run_dir} holds a run with a different config ({diff}); refusing to "
                         "resume it. Use the run's own overrides, another run dir, or trainer.resume=never.")
 
 
@@ -167,13 +155,31 @@ def test_metrics(model, data, layout=lambda x: x) -> tuple[float, float]:
     return correct.item() / n, loss_sum.item() / n
 
 
+class Window:
+    """The training steps since the last log: kept on the device, read once when the window ends."""
+
+    def __init__(self):
+        self.losses, self.logits, self.labels = [], [], []
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.logits.append(logits.detach())
+        self.labels.append(labels)
+
+
 class Trainer:
-    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog, finalize=None, checkpoint_dir=None):
+    def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog, population_batches=0,
+                 checkpoint_dir=None):
         """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function.
-        finalize(step), if given, runs once after the last step, before the final evaluation.
-        checkpoint_dir: where checkpoints go (None: this process does not write them)."""
-        self.cfg, self.model, self.data, self.finalize = cfg, model, data, finalize
+        population_batches: if > 0, the BN layers' population statistics are computed over that many
+        training batches after the last step (`finish`). checkpoint_dir: where checkpoints go (None:
+        this process does not write them)."""
+        self.cfg, self.model, self.data, self.population_batches = cfg, model, data, population_batches
         self.optimizer, self.lr_at, self.log, self.checkpoint_dir = optimizer, lr_at, runlog, checkpoint_dir
+        # Plain ints: reading a DictConfig costs microseconds, too much for every step.
+        self.max_steps, self.eval_every, self.log_every = int(cfg.max_steps), int(cfg.eval_every), int(cfg.log_every)
+        self.checkpoint_every = int(cfg.checkpoint_every)
         self.device = next(model.parameters()).device
         # Speed flags, all off by default: bf16 autocast, NHWC memory layout, torch.compile.
         # Evaluation runs the uncompiled, unwrapped module, where the probe's hooks live.
@@ -195,6 +201,8 @@ class Trainer:
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: checkpoint, then stop
         self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
+        self.clock = time.perf_counter()  # this segment's start (fit sets it again)
+        self.code = provenance()  # the code that trains this segment, for the summary
 
     def state(self) -> dict:
         """What a resumed run needs besides the config (checkpoint.save adds the step and RNG states)."""
@@ -212,27 +220,27 @@ class Trainer:
             checkpoint.save(self.checkpoint_dir, self.step, self.state())
         self.saved_step = self.step
 
-    def fit(self) -> dict:
+    def fit(self) -> Summary:
+        """Evaluate, train, finish; checkpoint where the run stopped; write the summary."""
         self.clock = time.perf_counter()
-        status, diverged_at, error = "interrupted", None, None
-        self.bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not show_progress(self.cfg.progress),
+        status, diverged_at, error = Status.INTERRUPTED, None, None
+        self.bar = tqdm(total=self.max_steps, initial=self.step, disable=not show_progress(self.cfg.progress),
                         unit="step", dynamic_ncols=True)
         handlers = self.catch_signals()
         try:
             if not self.history:  # a fresh run; a resumed one has evaluated up to its checkpoint
                 self.evaluate()
-            diverged_at = self.train()
-            if diverged_at is not None:
-                status = "diverged"
-            elif self.step == self.cfg.max_steps:
-                status = "completed"
-            if status != "diverged":  # at the end, or where a signal stopped the run: a requeue resumes here
+            outcome, diverged_at = self.train()
+            if outcome is Status.COMPLETED:
+                self.finish()
+            if outcome is not Status.DIVERGED:  # at the end, or where a signal stopped the run: a requeue resumes here
                 self.save_checkpoint()
+            status = outcome
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the last checkpoint stays
             log.warning("interrupted at step %d", self.step)
         except checkpoint.CheckpointError as e:
             log.error("%s", e)
-            status, error = "failed", str(e)
+            status, error = Status.FAILED, str(e)
         finally:
             self.bar.close()
             for signum, handler in handlers.items():
@@ -265,20 +273,15 @@ class Trainer:
         """Images in the memory format the model was put in (channels_last when asked for)."""
         return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
-    def train(self) -> int | None:
-        """Step to max_steps, or until a signal; the step of the first non-finite loss if training diverges."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        # Kept on the device and reduced once per log window: no synchronisation per step.
-        losses, logits_seen, labels_seen, lr = [], [], [], None
-        window_start = time.perf_counter()
-        # Plain ints: reading a DictConfig costs microseconds, too much for every step.
-        max_steps, eval_every, log_every = int(cfg.max_steps), int(cfg.eval_every), int(cfg.log_every)
-        checkpoint_every = int(cfg.checkpoint_every)
+    def train(self) -> tuple[Status, int | None]:
+        """Step to max_steps (completed), until a signal (interrupted), or to the first non-finite loss
+        (diverged, at that step)."""
+        self.model.train()
         single_process = not torch.distributed.is_initialized()
-        while self.step < max_steps:
+        window, lr = Window(), None
+        while self.step < self.max_steps:
             if self.stop_signal is not None and single_process:
-                return None  # processes of a data-parallel run agree on when to stop, below
+                return Status.INTERRUPTED, None  # processes of a data-parallel run agree at a window's end
             if (step_lr := self.lr_at(self.step)) != lr:
                 lr = step_lr
                 for group in self.optimizer.param_groups:
@@ -291,45 +294,56 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            losses.append(loss.detach())
-            logits_seen.append(logits.detach())
-            labels_seen.append(y)
+            window.add(loss, logits, y)
+            if self.step % self.log_every == 0 or self.step % self.eval_every == 0 or self.step == self.max_steps:
+                if (ended_here := self.end_window(window, lr)) is not None:
+                    return ended_here
+                window = Window()
+        return Status.COMPLETED, None
 
-            evaluate_now = self.step % eval_every == 0 or self.step == max_steps
-            if evaluate_now or self.step % log_every == 0:
-                window = torch.stack(losses)
-                finite = torch.isfinite(window)
-                diverged_here = not finite.all()
-                diverged, stopping = distributed.any_process([diverged_here, self.stop_signal is not None],
-                                                             self.device)
-                if diverged:  # here, or in another process (then: this window's last step)
-                    first = int((~finite).nonzero()[0]) if diverged_here else len(losses) - 1
-                    diverged_at = self.step - len(losses) + 1 + first
-                    log.warning("loss is not finite at step %d: diverged", diverged_at)
-                    return diverged_at
-                elapsed = time.perf_counter() - window_start
-                error = (torch.cat(logits_seen).argmax(1) != torch.cat(labels_seen)).float().mean()
-                mean_loss, error = distributed.mean_over_processes(torch.stack([window.mean(), error])).tolist()
-                self.log.scalars(self.step, {
-                    "train/loss": mean_loss,
-                    "train/error": error,
-                    "opt/lr": lr,
-                    "perf/steps_per_s": len(losses) / elapsed,
-                })
-                self.bar.update(len(losses))
-                self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
-                losses, logits_seen, labels_seen = [], [], []
-                if evaluate_now:
-                    if self.step == max_steps and self.finalize is not None:
-                        self.finalize(self.step)
-                    self.evaluate()
-                if stopping:
-                    self.stop_signal = self.stop_signal or signal.SIGTERM  # another process was signalled
-                    return None
-                if checkpoint_every and self.step % checkpoint_every == 0:
-                    self.save_checkpoint()
-                window_start = time.perf_counter()
+    def end_window(self, window: Window, lr: float) -> tuple[Status, int | None] | None:
+        """Between two windows, in order: the divergence check, the window's training scalars, an
+        evaluation when one is due, then a stop or a checkpoint. The processes of a data-parallel run
+        agree on divergence and stopping, so that no process is left waiting for the others.
+        Returns how training ended, or None to go on."""
+        losses = torch.stack(window.losses)
+        finite = torch.isfinite(losses)
+        diverged_here = not finite.all()
+        diverged, stopping = distributed.any_process([diverged_here, self.stop_signal is not None], self.device)
+        if diverged:  # here, or in another process (then: this window's last step)
+            first = int((~finite).nonzero()[0]) if diverged_here else len(losses) - 1
+            diverged_at = self.step - len(losses) + 1 + first
+            log.warning("loss is not finite at step %d: diverged", diverged_at)
+            return Status.DIVERGED, diverged_at
+        error = (torch.cat(window.logits).argmax(1) != torch.cat(window.labels)).float().mean()
+        mean_loss, error = distributed.mean_over_processes(torch.stack([losses.mean(), error])).tolist()
+        self.log.scalars(self.step, {
+            "train/loss": mean_loss,
+            "train/error": error,
+            "opt/lr": lr,
+            "perf/steps_per_s": len(losses) / (time.perf_counter() - window.started),
+        })
+        self.bar.update(len(losses))
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
+        if self.step == self.max_steps:
+            return None  # the last evaluation and checkpoint are fit's, after `finish`
+        if self.step % self.eval_every == 0:
+            self.evaluate()
+        if stopping:
+            self.stop_signal = self.stop_signal or signal.SIGTERM  # another process was signalled
+            return Status.INTERRUPTED, None
+        if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+            self.save_checkpoint()
         return None
+
+    def finish(self) -> None:
+        """After the last step: the paper's population statistics where asked for, then the final evaluation."""
+        if self.history[-1][0] == self.step:
+            return  # done before: a run resumed from its final checkpoint
+        if self.population_batches:
+            batches = (self.data.next_batch(self.step + i)[0] for i in range(self.population_batches))
+            log.info("population statistics over %d training batches", finalize_population(self.model, batches))
+        self.evaluate()
 
     def evaluate(self) -> None:
         """Test-set accuracy of the inference network (eval mode: population statistics)."""
@@ -367,7 +381,7 @@ class Trainer:
         self.model.train()
         return (wrong / max(n, 1)).item()
 
-    def summary(self, status, diverged_at, wall_time) -> dict:
+    def summary(self, status: Status, diverged_at: int | None, wall_time: float) -> Summary:
         history = self.history
         best_step, best = max(history, key=lambda h: (h[1], -h[0])) if history else (None, None)
         final_step, final = history[-1] if history else (None, None)
@@ -383,11 +397,12 @@ class Trainer:
             "best_error": None if best is None else 1 - best,
             "best_step": best_step,
             # The first evaluated step at or above each target: resolution is trainer.eval_every.
-            "steps_to_target": {str(t): next((s for s, a in history if a >= t), None) for t in self.cfg.targets},
+            "steps_to_target": {str(t): first_step_reaching(history, t) for t in self.cfg.targets},
             "wall_time_s": round(self.elapsed_before + wall_time, 3),  # over all segments of a resumed run
             "steps_per_s": round(self.step / (self.elapsed_before + wall_time), 2) if wall_time > 0 else None,
             "started_at": self.started.isoformat(timespec="seconds"),
             "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(next(self.model.parameters()).device),
             "torch": torch.__version__,
+            **self.code,
         }

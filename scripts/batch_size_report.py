@@ -19,7 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bnexp.report import find_run_dirs, load_run
+from bnexp.runs import find_run_dirs, load_run
+from bnexp.summary import ENDED, Status
 
 NORMS = ("batch", "batch_renorm", "group", "layer", "none")  # table order
 
@@ -35,12 +36,12 @@ def collect(sweep: Path):
         except ValueError as e:
             skipped.append(f"{path}: {e}")
             continue
-        if run.status not in ("completed", "diverged"):
+        if run.status not in ENDED:
             skipped.append(f"{path}: {run.status}")
             continue
         cell = cells[run.config["norm.name"], int(run.config["trainer.batch_size"])]
         cell["runs"] += 1
-        if run.status == "diverged":
+        if run.status == Status.DIVERGED:
             cell["diverged"] += 1
             continue
         cell["error"].append(run.summary["final_error"])

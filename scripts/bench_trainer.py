@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from bnexp import data as datasets
 from bnexp import models
-from bnexp.cli import config_dir
+from bnexp.cli import compose
 from bnexp.train import pick_device, run
 
 
@@ -74,8 +73,7 @@ def bnexp_trainer(cfg, steps: int, training_only: bool = False) -> float:
 
 def compare(overrides: list[str], steps: int, repeats: int, training_only: bool = False):
     """steps/s of the bare loop and of bnexp, alternating, `repeats` times each."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=[f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+    cfg = compose([f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
     results = {"bare loop": [], "bnexp": []}
     for _ in range(repeats):
         results["bare loop"].append(bare_loop(cfg, steps))

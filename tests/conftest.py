@@ -1,4 +1,5 @@
-"""Shared helpers: run the real `bnexp` console script in a subprocess, find what runs wrote."""
+"""Shared helpers: compose a config in-process, run the real `bnexp` console script in a
+subprocess, find what runs wrote."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ from pathlib import Path
 
 import pytest
 
+from bnexp import cli
+
 BNEXP = shutil.which("bnexp", path=str(Path(sys.executable).parent)) or shutil.which("bnexp")
 
 # Small and fast: synthetic data, a few hundred steps, no progress bar.
 FAST = ["data=synthetic", "trainer.max_steps=200", "trainer.eval_every=100", "trainer.log_every=50",
         "trainer.progress=false"]
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides): the config `bnexp train OVERRIDES` would run, composed in-process."""
+    return lambda *overrides: cli.compose(list(overrides))
 
 
 @pytest.fixture

@@ -11,8 +11,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+import bnexp as bnexp_module
+from bnexp import __version__ as bnexp_version
 
 from conftest import FAST, run_dirs, summaries
 
@@ -81,12 +85,29 @@ def test_no_hparams_sub_run(bnexp, runs_root):
 
 
 def test_sweep_makes_one_run_dir_per_job(bnexp, runs_root):
-    done = bnexp("train", "-m", "norm=none,batch", *FAST)
+    done = bnexp("train", "-m", "norm=none,batch", *FAST, "trainer.threads=1")
     assert done.returncode == 0, done.stderr
     dirs = run_dirs(runs_root)
     assert len(dirs) == 2
     assert [("norm=batch" in d.name, "norm=none" in d.name) for d in dirs] == [(False, True), (True, False)]
     assert [s["status"] for s in summaries(runs_root)] == ["completed", "completed"]
+    # Job dirs are named after what tells the experiments apart, not after execution settings.
+    assert all("trainer.max_steps=200" in d.name and "threads" not in d.name and "progress" not in d.name
+               for d in dirs)
+
+
+def test_the_summary_records_the_code_that_made_the_run(bnexp, runs_root):
+    assert bnexp("train", *FAST).returncode == 0
+    [summary] = summaries(runs_root)
+    assert summary["bnexp"] == bnexp_version and summary["torch"] == torch.__version__
+    repo = Path(bnexp_module.__file__).resolve().parents[1]
+    if (repo / ".git").exists():  # an editable install in a checkout, as in development and CI
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+        assert summary["git_commit"] == head.stdout.strip()
+        assert summary["git_dirty"] is bool(status.stdout.strip())
+    else:
+        assert summary["git_commit"] is None and summary["git_dirty"] is None
 
 
 def test_same_seed_same_result(bnexp, runs_root):
@@ -161,9 +182,9 @@ def test_joblib_sweep_runs_every_job_and_lists_what_did_not_complete(bnexp, runs
     assert done.returncode == 1  # a job failed; the sweep still ran the others
     assert [s["status"] for s in summaries(runs_root)] == ["completed", "diverged"]
     [failure] = runs_root.rglob("failure.json")
-    assert "1_" in failure.parent.name and "optim.lr must be > 0" in json.loads(failure.read_text())["error"]
+    assert "1_" in failure.parent.name and "optim.lr must be a number > 0" in json.loads(failure.read_text())["error"]
     assert "3 jobs: 1 completed, 1 diverged, 1 failed" in done.stderr
-    assert "failed: 1_" in done.stderr and "optim.lr must be > 0, got -1" in done.stderr
+    assert "failed: 1_" in done.stderr and "optim.lr must be a number > 0, got -1" in done.stderr
     assert "diverged: 2_" in done.stderr
     # joblib gives each of the 2 jobs its share of the cores, so they do not fight over them
     assert f"({max(1, os.cpu_count() // 2)} threads)" in done.stdout

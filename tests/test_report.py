@@ -7,6 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnexp import report
+from bnexp.runs import find_run_dirs, load_run
+from bnexp.summary import first_step_reaching
 
 from conftest import FAST
 
@@ -30,8 +32,8 @@ def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10
 
 def test_first_crossing_and_never():
     history = [(0, 0.1), (1000, 0.5), (2000, 0.89), (3000, 0.9), (4000, 0.95)]
-    assert report.first_step_reaching(history, 0.9) == 3000
-    assert report.first_step_reaching(history, 0.96) is None
+    assert first_step_reaching(history, 0.9) == 3000
+    assert first_step_reaching(history, 0.96) is None
 
 
 def test_table_arithmetic(tmp_path):
@@ -41,7 +43,7 @@ def test_table_arithmetic(tmp_path):
     # BN: reaches 0.91 at 1000 and 2000 -> mean 1500, speed-up 6000 / 1500 = 4.
     make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96}, wall=20)
     make_run(tmp_path, "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97}, wall=30)
-    variants = report.group_variants([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+    variants = report.group_variants([load_run(p) for p in find_run_dirs([tmp_path])])
     assert list(variants) == ["norm=batch", "norm=none"]
     rows = {r["variant"]: r for r in report.summarize(variants, "norm=none", None, [0.95])}
     assert rows["norm=none"]["target"] == pytest.approx(0.91)
@@ -63,7 +65,7 @@ def test_table_arithmetic(tmp_path):
 def test_explicit_target_and_failures_are_counted(tmp_path):
     make_run(tmp_path, "a0", "none", 0, {0: 0.1, 500: 0.6}, status="diverged")
     make_run(tmp_path, "a1", "none", 1, {0: 0.1, 500: 0.7}, status=None)  # still running, or killed
-    variants = report.group_variants([report.load_run(p) for p in report.find_run_dirs([tmp_path])])
+    variants = report.group_variants([load_run(p) for p in find_run_dirs([tmp_path])])
     [row] = report.summarize(variants, "toy", 0.65, [])
     assert (row["diverged"], row["unfinished"], row["completed"]) == (1, 1, 0)
     assert row["diverged_at"] == [1234]
@@ -120,10 +122,21 @@ def test_options_only_some_runs_have(tmp_path):
     make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-5}})
     make_run(tmp_path, "c0", "batch", 0, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-3}, "trainer": {"amp": False}})
     make_run(tmp_path, "c1", "batch", 1, {0: 0.1, 100: 0.9}, extra={"norm": {"eps": 1e-3}})
-    runs = [report.load_run(p) for p in report.find_run_dirs([tmp_path])]
+    runs = [load_run(p) for p in find_run_dirs([tmp_path])]
     # norm.eps is absent where norm=none but still tells the two BN variants apart; trainer.amp,
     # known to one run only (a newer bnexp), splits nothing.
     variants = report.group_variants(runs)
     assert {name: len(r) for name, r in variants.items()} == {
         "norm.eps=0.001,norm=batch": 2, "norm.eps=1e-05,norm=batch": 1, "norm.eps=-,norm=none": 1}
     assert report.silent_keys(runs) == {"trainer.amp"}
+
+
+def test_seeds_run_with_different_execution_settings_form_one_variant(bnexp, runs_root):
+    """trainer.threads (and the other execution settings) change how a run executes, not what it computes."""
+    for seed, threads, eval_batch in ((0, 1, 100), (1, 2, 512)):
+        done = bnexp("train", *FAST, f"trainer.seed={seed}", f"trainer.threads={threads}",
+                     f"trainer.eval_batch_size={eval_batch}")
+        assert done.returncode == 0, done.stderr
+    done = bnexp("report", str(runs_root))
+    assert done.returncode == 0, done.stderr
+    assert "2 runs in 1 variants" in done.stdout and "| mlp (baseline) | 2 |" in done.stdout

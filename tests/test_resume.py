@@ -169,7 +169,9 @@ def test_checkpoints_restore_the_random_number_generators(tmp_path):
     checkpoint.save(tmp_path, 1, {})
     expected = torch.rand(5)
     torch.rand(100)  # move on
-    checkpoint.load_latest(tmp_path)
+    state = checkpoint.load_latest(tmp_path)
+    assert not torch.equal(torch.rand(5), expected)  # loading alone restores nothing
+    checkpoint.set_rng_states(state["rng"])
     assert torch.equal(torch.rand(5), expected)
 
 
@@ -193,14 +195,10 @@ def test_resume_never_starts_over(bnexp, tmp_path, reference):
     assert len(list(reference.glob("events.out.tfevents.*"))) == 1  # the first attempt's events are gone
 
 
-def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch):
-    from hydra import compose, initialize_config_dir
-
-    from bnexp.cli import config_dir
+def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch, compose):
     from bnexp.train import run
 
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=[*FAST, "trainer.checkpoint_every=100"])
+    cfg = compose(*FAST, "trainer.checkpoint_every=100")
     real_save, saved = torch.save, []
 
     def disk_fills_after_one_checkpoint(obj, f):

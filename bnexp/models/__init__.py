@@ -24,7 +24,7 @@ def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes
         return MLP(in_features, num_classes, list(cfg.hidden), cfg.activation, cfg.init_std, norm_builder)
     if cfg.name == "inception":
         if len(input_shape) != 3:
-            raise UserError(f"bnexp: error: model=inception needs images (channels, height, width), got {input_shape}")
+            raise UserError(f"model=inception needs images (channels, height, width), got {input_shape}")
         return Inception(input_shape[0], num_classes, input_shape[-1], cfg.width, cfg.stem, cfg.activation,
                          cfg.dropout, cfg.lrn, norm_builder, cfg.stem_pool)
-    raise UserError(f"bnexp: error: unknown model.name {cfg.name!r}")
+    raise UserError(f"unknown model.name {cfg.name!r}")

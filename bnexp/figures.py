@@ -1,0 +1,86 @@
+"""The report's figures (matplotlib): accuracy over steps, and Figure 1's probe panels.
+
+Drawn from what bnexp/report.py computed: each variant's runs and its accuracy statistics per step.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bnexp.runs import Run
+
+Stats = list[tuple[int, int, float, float, float, float]]  # (step, runs, mean, std, min, max)
+
+
+def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out: Path) -> list[Path]:
+    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    color = {name: cmap(i % cmap.N) for i, name in enumerate(variants)}
+    means = sorted(s[2] for stats in accuracy.values() for s in stats)
+    # Zoom like the paper's Figure 1(a): hide the first few evaluations near chance.
+    y_range = (max(0.0, means[len(means) // 10] - 0.05), min(1.0, means[-1] + 0.005))
+
+    def accuracy_panel(ax, log_x=False):
+        for name, stats in accuracy.items():
+            stats = [s for s in stats if not (log_x and s[0] == 0)]
+            steps = [s[0] for s in stats]
+            runs = len(variants[name])
+            ax.plot(steps, [s[2] for s in stats], color=color[name], label=f"{name} ({runs} run{'s' * (runs > 1)})")
+            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=color[name], alpha=0.2,
+                            linewidth=0)
+        ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
+        ax.set_ylabel("test accuracy")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_ylim(*y_range)
+        ax.grid(alpha=0.3)
+
+    def legend(fig, axes):
+        if len(variants) <= 4:
+            axes[0].legend(loc="lower right", fontsize=8)
+        else:
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    accuracy_panel(axes[0])
+    accuracy_panel(axes[1], log_x=True)
+    legend(fig, axes)
+    fig.suptitle("Test accuracy vs training steps (line: mean over seeds; band: min-max)")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    written = [out / "accuracy.png"]
+
+    probed = {name: runs[0] for name, runs in variants.items() if runs[0].probe_layers}
+    if probed:
+        panels = 1 + len(probed)
+        ncols = min(panels, 4)
+        nrows = math.ceil(panels / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
+        axes = axes.flatten()
+        accuracy_panel(axes[0])
+        axes[0].set_title("(a) test accuracy")
+        for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=False)):
+            layer = run.probe_layers[-1]
+            for q, style in (("p15", "--"), ("p50", "-"), ("p85", "--")):
+                points = sorted(run.curves[f"probe/{layer}/{q}"].items())
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color[name], label=q)
+            ax.set_title(f"({chr(ord('b') + i)}) {name}\ninput to one {layer} unit, seed {run.seed}", fontsize=9)
+            ax.set_xlabel("training steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in axes[panels:]:
+            ax.set_visible(False)
+        legend(fig, axes)
+        fig.tight_layout()
+        fig.savefig(out / "figure.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / "figure.png")
+    return written
