@@ -284,7 +284,10 @@ SCHEDULES = {"constant": lambda c: None, "exponential": _exponential}
 def _trainer(c: Checks) -> None:
     c.whole("trainer.max_steps", "> 0")
     c.whole("trainer.batch_size", "> 0")
+    c.choice("trainer.eval_schedule", ("every", "geometric"))
     c.whole("trainer.eval_every", "> 0")
+    c.whole("trainer.eval_first", "> 0")
+    c.number("trainer.eval_ratio", "> 1")
     c.whole("trainer.log_every", "> 0")
     c.whole("trainer.eval_batch_size", "> 0")
     c.whole("trainer.seed", "[0, 4294967295]")

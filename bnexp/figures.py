@@ -13,8 +13,10 @@ from bnexp.runs import Run
 Stats = list[tuple[int, int, float, float, float, float]]  # (step, runs, mean, std, min, max)
 
 
-def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out: Path) -> list[Path]:
-    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1."""
+def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out: Path, target: float | None = None,
+                 steps_to_target: dict[str, float | None] | None = None) -> list[Path]:
+    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1.
+    With a target, the log-step panel draws it as a line and marks each variant's mean steps to it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,6 +40,13 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
         ax.set_ylabel("test accuracy")
         if log_x:
             ax.set_xscale("log")
+            if target is not None:
+                ax.axhline(target, color="0.3", linestyle=":", linewidth=1)
+                ax.annotate(f"target {100 * target:.2f}%", (0.01, target), xycoords=("axes fraction", "data"),
+                            xytext=(0, 3), textcoords="offset points", fontsize=7, color="0.3")
+            for name, steps_mean in (steps_to_target or {}).items():
+                if steps_mean:
+                    ax.plot([steps_mean], [target], marker="v", markersize=7, color=color[name], zorder=3)
         ax.set_ylim(*y_range)
         ax.grid(alpha=0.3)
 

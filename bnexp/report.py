@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, fixed_targets, args.out / "report.csv")
         write_curves_csv(variants, args.out / "curves.csv")
         accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
-        for path in plot_figures(variants, accuracy, args.out):
+        reached = {r["variant"]: r["steps_to_target"] and r["steps_to_target"][0] for r in rows}
+        for path in plot_figures(variants, accuracy, args.out, rows[0]["target"], reached):
             print(f"wrote {path}")
     return 0

@@ -29,7 +29,7 @@ from bnexp.config import EXECUTION_SETTINGS, UserError
 from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe
 from bnexp.runlog import NullLog, RunLog, flatten
-from bnexp.summary import SUMMARY, Status, Summary, ended, first_step_reaching, provenance
+from bnexp.summary import ENDED, SUMMARY, Status, Summary, ended, first_step_reaching, provenance
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,22 @@ def lr_factor(cfg: DictConfig):
     raise ValueError(f"unknown schedule.name {cfg.name!r}")
 
 
+def evaluation_steps(cfg: DictConfig) -> frozenset[int]:
+    """The steps after which the test set is evaluated: 0, max_steps, and between them every
+    eval_every steps, or geometrically from eval_first on, each step at most eval_ratio times the
+    one before (whole steps: every step while that ratio is less than one step). A pure function
+    of the config, so a resumed run evaluates where the uninterrupted run does."""
+    last = int(cfg.max_steps)
+    if cfg.eval_schedule == "every":
+        steps = set(range(int(cfg.eval_every), last, int(cfg.eval_every)))
+    else:
+        steps, step = set(), int(cfg.eval_first)
+        while step < last:
+            steps.add(step)
+            step = max(math.floor(step * float(cfg.eval_ratio)), step + 1)
+    return frozenset(steps | {0, last})
+
+
 def show_progress(setting) -> bool:
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
@@ -178,8 +194,9 @@ class Trainer:
         self.cfg, self.model, self.data, self.population_batches = cfg, model, data, population_batches
         self.optimizer, self.lr_at, self.log, self.checkpoint_dir = optimizer, lr_at, runlog, checkpoint_dir
         # Plain ints: reading a DictConfig costs microseconds, too much for every step.
-        self.max_steps, self.eval_every, self.log_every = int(cfg.max_steps), int(cfg.eval_every), int(cfg.log_every)
+        self.max_steps, self.log_every = int(cfg.max_steps), int(cfg.log_every)
         self.checkpoint_every = int(cfg.checkpoint_every)
+        self.evaluate_at = evaluation_steps(cfg)
         self.device = next(model.parameters()).device
         # Speed flags, all off by default: bf16 autocast, NHWC memory layout, torch.compile.
         # Evaluation runs the uncompiled, unwrapped module, where the probe's hooks live.
@@ -250,8 +267,9 @@ class Trainer:
             summary["error"] = error
         if self.stop_signal is not None:
             summary["stopped_by"] = signal.Signals(self.stop_signal).name
-        self.log.scalars(self.step, {f"summary/{k}": summary[k] for k in ("best_accuracy", "final_accuracy")
-                                     if summary[k] is not None})
+        if status in ENDED:  # a stopped run's resumption logs them when it ends; logged now, they would stay
+            self.log.scalars(self.step, {f"summary/{k}": summary[k] for k in ("best_accuracy", "final_accuracy")
+                                         if summary[k] is not None})
         self.log.finish(summary)
         return summary
 
@@ -295,7 +313,7 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             window.add(loss, logits, y)
-            if self.step % self.log_every == 0 or self.step % self.eval_every == 0 or self.step == self.max_steps:
+            if self.step % self.log_every == 0 or self.step in self.evaluate_at:
                 if (ended_here := self.end_window(window, lr)) is not None:
                     return ended_here
                 window = Window()
@@ -327,7 +345,7 @@ class Trainer:
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")
         if self.step == self.max_steps:
             return None  # the last evaluation and checkpoint are fit's, after `finish`
-        if self.step % self.eval_every == 0:
+        if self.step in self.evaluate_at:
             self.evaluate()
         if stopping:
             self.stop_signal = self.stop_signal or signal.SIGTERM  # another process was signalled
@@ -396,7 +414,7 @@ class Trainer:
             "best_accuracy": best,
             "best_error": None if best is None else 1 - best,
             "best_step": best_step,
-            # The first evaluated step at or above each target: resolution is trainer.eval_every.
+            # The first evaluated step at or above each target: as precise as the evaluation schedule.
             "steps_to_target": {str(t): first_step_reaching(history, t) for t in self.cfg.targets},
             "wall_time_s": round(self.elapsed_before + wall_time, 3),  # over all segments of a resumed run
             "steps_per_s": round(self.step / (self.elapsed_before + wall_time), 2) if wall_time > 0 else None,

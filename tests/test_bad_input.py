@@ -134,3 +134,9 @@ def test_corrupt_data_file_is_refused(bnexp, runs_root, tmp_path):
         (raw / name).write_bytes(b"\x00\x00\x08\x03garbage")
     done = bnexp("train", "data=mnist", "trainer.max_steps=5", "trainer.progress=false")
     assert_refused(done, runs_root, f"the MNIST files under {raw} are corrupt")
+
+
+@pytest.mark.parametrize("scale", ["inception_mnist_cpu", "inception_mnist_plateau"])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != "fig1_mnist"])
+def test_every_scale_preset_passes_validation(compose, experiment, scale):
+    validate(compose(f"experiment={experiment}", f"scale={scale}"))
