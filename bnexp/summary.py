@@ -52,6 +52,7 @@ class Summary(_Optional):
     steps_to_target: dict[str, int | None]  # trainer.targets -> first evaluated step reaching it
     wall_time_s: float  # over all segments of a resumed run
     steps_per_s: float | None
+    eval_time_s: float  # the part of wall_time_s spent evaluating the test set
     started_at: str  # ISO 8601, UTC
     ended_at: str
     device: str

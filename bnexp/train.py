@@ -218,19 +218,22 @@ class Trainer:
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: checkpoint, then stop
         self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
+        self.eval_time = 0.0  # seconds spent evaluating, over all segments (a study's cost is stated with it)
         self.clock = time.perf_counter()  # this segment's start (fit sets it again)
         self.code = provenance()  # the code that trains this segment, for the summary
 
     def state(self) -> dict:
         """What a resumed run needs besides the config (checkpoint.save adds the step and RNG states)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "history": self.history,
-                "elapsed": self.elapsed_before + time.perf_counter() - self.clock, "started": self.started}
+                "elapsed": self.elapsed_before + time.perf_counter() - self.clock, "started": self.started,
+                "eval_time": self.eval_time}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = self.saved_step = state["step"]
         self.history, self.elapsed_before, self.started = state["history"], state["elapsed"], state["started"]
+        self.eval_time = state.get("eval_time", 0.0)  # absent from checkpoints written before it was kept
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_dir is not None and self.saved_step != self.step:
@@ -365,10 +368,12 @@ class Trainer:
 
     def evaluate(self) -> None:
         """Test-set accuracy of the inference network (eval mode: population statistics)."""
+        started = time.perf_counter()
         with self.probe.recording(), self.autocast():
             accuracy, loss = test_metrics(self.model, self.data, self.layout)
         self.history.append((self.step, accuracy))
         batchstats = {"test/error_batchstats": self.error_with_batch_statistics()} if self.batch_norms else {}
+        self.eval_time += time.perf_counter() - started
         self.log.scalars(self.step, {
             "test/accuracy": accuracy,
             "test/error": 1 - accuracy,
@@ -418,6 +423,7 @@ class Trainer:
             "steps_to_target": {str(t): first_step_reaching(history, t) for t in self.cfg.targets},
             "wall_time_s": round(self.elapsed_before + wall_time, 3),  # over all segments of a resumed run
             "steps_per_s": round(self.step / (self.elapsed_before + wall_time), 2) if wall_time > 0 else None,
+            "eval_time_s": round(self.eval_time, 3),  # the part of wall_time_s spent evaluating
             "started_at": self.started.isoformat(timespec="seconds"),
             "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(next(self.model.parameters()).device),

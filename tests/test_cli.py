@@ -110,6 +110,12 @@ def test_the_summary_records_the_code_that_made_the_run(bnexp, runs_root):
         assert summary["git_commit"] is None and summary["git_dirty"] is None
 
 
+def test_the_summary_says_how_much_of_the_run_was_evaluation(bnexp, runs_root):
+    assert bnexp("train", *FAST).returncode == 0
+    [summary] = summaries(runs_root)
+    assert 0 < summary["eval_time_s"] < summary["wall_time_s"]
+
+
 def test_same_seed_same_result(bnexp, runs_root):
     done = bnexp("train", "-m", "trainer.seed=3,3", "trainer.deterministic=true", *FAST)
     assert done.returncode == 0, done.stderr
