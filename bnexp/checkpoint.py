@@ -79,11 +79,14 @@ def remove_all(run_dir: Path) -> None:
         path.unlink()
 
 
-def load_latest(run_dir: Path) -> dict | None:
-    """The newest readable checkpoint, None when the run has none. Its RNG states, under "rng", are
-    the caller's to restore (set_rng_states): loading changes nothing but what it returns."""
+def load_latest(run_dir: Path, at_most: int | None = None) -> dict | None:
+    """The newest readable checkpoint (of a step <= at_most, if given), None when the run has none.
+    Its RNG states, under "rng", are the caller's to restore (set_rng_states): loading changes
+    nothing but what it returns."""
     found = checkpoints(run_dir)
     for path in found:
+        if at_most is not None and int(path.stem.split("_")[1]) > at_most:
+            continue
         try:
             # weights_only=False: the RNG states are numpy and python objects. These files are the
             # run's own, written above; never load a checkpoint from a source you do not trust.

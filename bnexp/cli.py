@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 import bnexp
 from bnexp import distributed
 from bnexp.config import EXECUTION_SETTINGS, UserError
+from bnexp.replicas import replica_dir, replica_dirs
 from bnexp.summary import FAILURE, SUMMARY, Status, write_json_atomic
 from bnexp.summary import read as read_summary
 
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> dict:
     (run_dir / FAILURE).unlink(missing_ok=True)  # from an earlier attempt
     try:
         validate(cfg)
-        summary = run(cfg, run_dir)
+        result = run(cfg, run_dir)
     except Exception as e:
         if not in_sweep:
             if isinstance(e, UserError):  # one line; real bugs keep Hydra's traceback
@@ -103,17 +104,23 @@ def train(cfg: DictConfig) -> dict:
         log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
         write_json_atomic(run_dir / FAILURE, {"status": Status.FAILED, "error": str(e)})
         return {"status": Status.FAILED}
-    outcome = str(summary["status"])
-    if summary["diverged_at_step"] is not None:
-        outcome += f" at step {summary['diverged_at_step']}"
-    log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
-             summary["best_step"], summary["final_accuracy"], run_dir)
-    if summary["status"] == Status.FAILED and not in_sweep:  # a sweep lists it at its end
+    # A replicated run (trainer.replicas > 1) is one run per seed, in run_dir/seed_<seed>.
+    runs = ([(replica_dir(run_dir, cfg.trainer.seed + i), s) for i, s in enumerate(result)]
+            if isinstance(result, list) else [(run_dir, result)])
+    for path, summary in runs:
+        outcome = str(summary["status"])
+        if summary["diverged_at_step"] is not None:
+            outcome += f" at step {summary['diverged_at_step']}"
+        log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
+                 summary["best_step"], summary["final_accuracy"], path)
+    statuses = [summary["status"] for _, summary in runs]
+    if Status.FAILED in statuses and not in_sweep:  # a sweep lists it at its end
         sys.exit(1)
-    if summary["status"] == Status.INTERRUPTED:
+    if Status.INTERRUPTED in statuses:
         # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
-        sys.exit(128 + signal.Signals[summary.get("stopped_by", "SIGINT")].value)
-    return summary
+        stopped = next(summary for _, summary in runs if summary["status"] == Status.INTERRUPTED)
+        sys.exit(128 + signal.Signals[stopped.get("stopped_by", "SIGINT")].value)
+    return result
 
 
 class CheckOutputDir(Callback):
@@ -146,6 +153,8 @@ class ListSweepOutcomes(Callback):
         outcomes = {}
         for hydra_dir in sorted(sweep.rglob(".hydra")):
             job = hydra_dir.parent
+            if replica_dirs(job):
+                continue  # a replicated job: its replicas' dirs are listed, each with its own .hydra
             outcomes[job.relative_to(sweep)] = (read_summary(job / FAILURE) or read_summary(job / SUMMARY)
                                                 or {"status": "no summary", "error": f"see {job / 'train.log'}"})
         counts: dict[str, int] = {}

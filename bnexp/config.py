@@ -22,7 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 EXECUTION_SETTINGS = frozenset({
     "runs_root", "data.root", "data.download", "data.workers",
     "trainer.device", "trainer.threads", "trainer.progress", "trainer.eval_batch_size", "trainer.checkpoint_every",
-    "trainer.resume", "trainer.deterministic", "trainer.channels_last", "trainer.compile",
+    "trainer.resume", "trainer.deterministic", "trainer.channels_last", "trainer.compile", "trainer.replicas",
 })
 
 
@@ -300,6 +300,7 @@ def _trainer(c: Checks) -> None:
     c.whole("trainer.checkpoint_every", ">= 0")
     c.choice("trainer.resume", ("auto", "never"))
     c.whole("trainer.threads", "> 0", null=True)
+    c.whole("trainer.replicas", ">= 1")
 
 
 def across_settings(cfg: DictConfig) -> None:
@@ -328,7 +329,26 @@ def across_settings(cfg: DictConfig) -> None:
                  f"of norm.virtual_batch ({virtual}), so that every virtual batch has the same size")
     _require(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
+    if t.replicas > 1:
+        _require(world == 1, "trainer.replicas > 1 cannot run under torchrun: replicas share one process")
+        check_replicable(cfg)
     check_model(cfg)
+
+
+def check_replicable(cfg: DictConfig) -> None:
+    """What trainer.replicas cannot train as the runs of its seeds would train alone, refused with the reason."""
+    t, why = cfg.trainer, "trainer.replicas > 1 trains the seeds in one vmapped computation"
+    _require(cfg.model.get("dropout", 0) == 0,
+             f"{why}; dropout draws its masks from the process's one random stream, so a replica's masks "
+             "could not be those of its seed's run alone: set model.dropout=0, or run the seeds separately")
+    _require(cfg.norm.name != "batch_renorm",
+             f"{why}; norm=batch_renorm reads its step counter as a Python number to set rmax and dmax, "
+             "which a vmapped computation cannot: run its seeds separately")
+    _require(not cfg.norm.get("sync", False), f"{why} in one process; norm.sync=true is for data-parallel runs")
+    _require(cfg.data.name != "imagefolder", f"{why} with the data on the device; data=imagefolder streams "
+             "from disk: run its seeds separately")
+    _require(not (t.compile or t.channels_last), f"{why}; trainer.compile and trainer.channels_last are not "
+             "supported with it (set them false)")
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -8,6 +8,7 @@ a resumed run draws the same batches. MNIST's fetching and checking live in bnex
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,13 @@ class DeviceData:
         if self.augment is not None:
             x = self.augment(x, seeded(self.seed, (step + 7) * self.world + self.rank, x.device))
         return x, torch.index_select(self.train_y, 0, idx)
+
+    def reseeded(self, seed: int) -> DeviceData:
+        """The same tensors (not copied), batched and augmented as a run with `seed` would be: the
+        data of one replica of a replicated run."""
+        other = copy.copy(self)
+        other.seed, other._epoch, other._perm = seed, -1, None
+        return other
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.test_x), self.eval_batch_size):

@@ -39,29 +39,23 @@ HPARAMS = ("name", "data.name", "model.name", "model.activation", "model.width",
            "trainer.batch_size", "trainer.max_steps", "trainer.seed")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Summary:
+def run(cfg: DictConfig, run_dir: Path) -> Summary | list[Summary]:
+    """One run in run_dir; with trainer.replicas > 1, one run per seed, trained together (bnexp/replicas.py)."""
+    if cfg.trainer.replicas > 1:
+        from bnexp import replicas
+
+        return replicas.run(cfg, run_dir)
     rank, world = distributed.rank_and_world()
     config = flatten(OmegaConf.to_container(cfg, resolve=True))
     if cfg.trainer.resume == "auto" and (done := ended(run_dir)):
         check_same_config(run_dir, config)
         log.info("%s already %s; nothing to do", run_dir, done["status"])
         return done
-    device = pick_device(cfg.trainer.device)
-    if cfg.trainer.threads:  # else torch's default: every core, or the share a joblib worker was given
-        torch.set_num_threads(cfg.trainer.threads)
-    if cfg.trainer.deterministic:
-        make_deterministic()
+    device = prepare_process(cfg.trainer)
     torch.manual_seed(cfg.trainer.seed)
     data = datasets.build(cfg.data, cfg.trainer, device, shard=(rank, world))
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
-    base_lr, factor = cfg.optim.lr * cfg.optim.lr_mult, lr_factor(cfg.schedule)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=base_lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov,
-        weight_decay=cfg.optim.weight_decay * cfg.optim.weight_decay_mult,
-    )
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
     state = None
     if cfg.trainer.resume == "auto":
         state = checkpoint.load_latest(run_dir)
@@ -70,28 +64,53 @@ def run(cfg: DictConfig, run_dir: Path) -> Summary:
             checkpoint.set_rng_states(state["rng"])  # every draw after this is the uninterrupted run's
     elif rank == 0:
         checkpoint.remove_all(run_dir)  # resume=never: this run starts over
-    if rank == 0:
-        if state is None:  # a resumed run keeps the config it was checked against
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is no longer finished
-        hyperparameters = {key: config[key] for key in HPARAMS if key in config}
-        runlog = RunLog(run_dir, hyperparameters, list(model.probe_points()),
-                        resume_step=None if state is None else state["step"])
-    else:
-        runlog = NullLog()
+    runlog = open_runlog(cfg, run_dir, config, model, state) if rank == 0 else NullLog()
     where = f"{device}" + (f" x {world} processes" if world > 1 else "")
     if device.type == "cpu":
         where += f" ({torch.get_num_threads()} threads)"
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, where,
              sum(p.numel() for p in model.parameters()))
-    # The paper's inference statistics (Algorithm 2) replace the moving averages after the last step.
-    population = cfg.norm.name == "batch_paper" and cfg.norm.inference == "population"
-    trainer = Trainer(cfg.trainer, model, data, optimizer, lambda step: base_lr * factor(step), runlog,
-                      population_batches=cfg.norm.population_batches if population else 0,
-                      checkpoint_dir=run_dir if rank == 0 else None)
+    trainer = Trainer(cfg.trainer, model, data, optimizer, learning_rate(cfg), runlog,
+                      population_batches=population_batches(cfg.norm), checkpoint_dir=run_dir if rank == 0 else None)
     if state is not None:
         trainer.restore(state)
     return trainer.fit()
+
+
+def prepare_process(trainer: DictConfig) -> torch.device:
+    """The device to train on; CPU threads and deterministic kernels as the config asks."""
+    if trainer.threads:  # else torch's default: every core, or the share a joblib worker was given
+        torch.set_num_threads(trainer.threads)
+    if trainer.deterministic:
+        make_deterministic()
+    return pick_device(trainer.device)
+
+
+def make_optimizer(parameters, optim: DictConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(parameters, lr=optim.lr * optim.lr_mult, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=optim.weight_decay * optim.weight_decay_mult)
+
+
+def learning_rate(cfg: DictConfig):
+    """lr(step): the initial learning rate times the schedule's factor, a pure function of the step."""
+    base_lr, factor = cfg.optim.lr * cfg.optim.lr_mult, lr_factor(cfg.schedule)
+    return lambda step: base_lr * factor(step)
+
+
+def population_batches(norm: DictConfig) -> int:
+    """How many training batches the paper's inference statistics (Algorithm 2) are computed over
+    after the last step, replacing the moving averages; 0: keep the moving averages."""
+    return norm.population_batches if norm.name == "batch_paper" and norm.inference == "population" else 0
+
+
+def open_runlog(cfg: DictConfig, run_dir: Path, config: dict, model, state: dict | None) -> RunLog:
+    """The run dir's config.yaml (a resumed run keeps the one it was checked against) and its logs."""
+    if state is None:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is no longer finished
+    hyperparameters = {key: config[key] for key in HPARAMS if key in config}
+    return RunLog(run_dir, hyperparameters, list(model.probe_points()),
+                  resume_step=None if state is None else state["step"])
 
 
 def check_same_config(run_dir: Path, config: dict) -> None:
@@ -172,7 +191,8 @@ def test_metrics(model, data, layout=lambda x: x) -> tuple[float, float]:
 
 
 class Window:
-    """The training steps since the last log: kept on the device, read once when the window ends."""
+    """The training steps since the last log: kept on the device, read once when the window ends.
+    A replicated run adds all replicas' steps at once (losses [R], logits [R, B, C], labels [R, B])."""
 
     def __init__(self):
         self.losses, self.logits, self.labels = [], [], []
@@ -182,6 +202,12 @@ class Window:
         self.losses.append(loss.detach())
         self.logits.append(logits.detach())
         self.labels.append(labels)
+
+    def close(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss of every step, the training error over the window); with replicas, the losses
+        are [steps, R] and the errors [R]."""
+        wrong = torch.stack(self.logits).argmax(-1) != torch.stack(self.labels)
+        return torch.stack(self.losses), wrong.float().mean((0, -1))
 
 
 class Trainer:
@@ -219,12 +245,15 @@ class Trainer:
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: checkpoint, then stop
         self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
         self.eval_time = 0.0  # seconds spent evaluating, over all segments (a study's cost is stated with it)
-        self.clock = time.perf_counter()  # this segment's start (fit sets it again)
+        self.clock = time.perf_counter()  # this segment's start (begin sets it again)
+        self.bar = tqdm(disable=True)  # fit's progress bar (a replicated run draws one for all replicas)
         self.code = provenance()  # the code that trains this segment, for the summary
 
     def state(self) -> dict:
         """What a resumed run needs besides the config (checkpoint.save adds the step and RNG states)."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "history": self.history,
+        # Copies: a replica's tensors are views of the stacked ones, which torch.save would write whole.
+        model = {name: tensor.clone() for name, tensor in self.model.state_dict().items()}
+        return {"model": model, "optimizer": self.optimizer.state_dict(), "history": self.history,
                 "elapsed": self.elapsed_before + time.perf_counter() - self.clock, "started": self.started,
                 "eval_time": self.eval_time}
 
@@ -242,19 +271,14 @@ class Trainer:
 
     def fit(self) -> Summary:
         """Evaluate, train, finish; checkpoint where the run stopped; write the summary."""
-        self.clock = time.perf_counter()
-        status, diverged_at, error = Status.INTERRUPTED, None, None
         self.bar = tqdm(total=self.max_steps, initial=self.step, disable=not show_progress(self.cfg.progress),
                         unit="step", dynamic_ncols=True)
         handlers = self.catch_signals()
+        status, diverged_at, error = Status.INTERRUPTED, None, None
         try:
-            if not self.history:  # a fresh run; a resumed one has evaluated up to its checkpoint
-                self.evaluate()
+            self.begin()
             outcome, diverged_at = self.train()
-            if outcome is Status.COMPLETED:
-                self.finish()
-            if outcome is not Status.DIVERGED:  # at the end, or where a signal stopped the run: a requeue resumes here
-                self.save_checkpoint()
+            self.end(outcome)
             status = outcome
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the last checkpoint stays
             log.warning("interrupted at step %d", self.step)
@@ -265,6 +289,24 @@ class Trainer:
             self.bar.close()
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
+        return self.conclude(status, diverged_at, error)
+
+    def begin(self) -> None:
+        """Start this segment's clock; a fresh run evaluates at step 0 (a resumed one has, up to its checkpoint)."""
+        self.clock = time.perf_counter()
+        if not self.history:
+            self.evaluate()
+
+    def end(self, outcome: Status) -> None:
+        """After training: a completed run's final evaluation; a checkpoint where the run stopped (a
+        requeue resumes there), except after divergence."""
+        if outcome is Status.COMPLETED:
+            self.finish()
+        if outcome is not Status.DIVERGED:
+            self.save_checkpoint()
+
+    def conclude(self, status: Status, diverged_at: int | None, error: str | None) -> Summary:
+        """The summary, written last: the run has ended (or stopped) with `status`."""
         summary = self.summary(status, diverged_at, time.perf_counter() - self.clock)
         if error:
             summary["error"] = error
@@ -317,17 +359,17 @@ class Trainer:
             self.step += 1
             window.add(loss, logits, y)
             if self.step % self.log_every == 0 or self.step in self.evaluate_at:
-                if (ended_here := self.end_window(window, lr)) is not None:
+                if (ended_here := self.end_window(*window.close(), window.started, lr)) is not None:
                     return ended_here
                 window = Window()
         return Status.COMPLETED, None
 
-    def end_window(self, window: Window, lr: float) -> tuple[Status, int | None] | None:
+    def end_window(self, losses: torch.Tensor, error: torch.Tensor, started: float,
+                   lr: float) -> tuple[Status, int | None] | None:
         """Between two windows, in order: the divergence check, the window's training scalars, an
         evaluation when one is due, then a stop or a checkpoint. The processes of a data-parallel run
         agree on divergence and stopping, so that no process is left waiting for the others.
         Returns how training ended, or None to go on."""
-        losses = torch.stack(window.losses)
         finite = torch.isfinite(losses)
         diverged_here = not finite.all()
         diverged, stopping = distributed.any_process([diverged_here, self.stop_signal is not None], self.device)
@@ -336,13 +378,12 @@ class Trainer:
             diverged_at = self.step - len(losses) + 1 + first
             log.warning("loss is not finite at step %d: diverged", diverged_at)
             return Status.DIVERGED, diverged_at
-        error = (torch.cat(window.logits).argmax(1) != torch.cat(window.labels)).float().mean()
         mean_loss, error = distributed.mean_over_processes(torch.stack([losses.mean(), error])).tolist()
         self.log.scalars(self.step, {
             "train/loss": mean_loss,
             "train/error": error,
             "opt/lr": lr,
-            "perf/steps_per_s": len(losses) / (time.perf_counter() - window.started),
+            "perf/steps_per_s": len(losses) / (time.perf_counter() - started),
         })
         self.bar.update(len(losses))
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", test_acc=f"{self.history[-1][1]:.4f}")

@@ -66,10 +66,10 @@ def test_a_run_evaluates_on_its_schedule_and_a_resumed_run_on_the_same_steps(tmp
     # The same run stopped (as by SIGTERM) at step 150, between checkpoints, then resumed.
     end_window = Trainer.end_window
 
-    def stop_at_150(self, window, lr):
+    def stop_at_150(self, *window_and_lr):
         if self.step == 150:
             self.stop_signal = signal.SIGTERM
-        return end_window(self, window, lr)
+        return end_window(self, *window_and_lr)
 
     monkeypatch.setattr(Trainer, "end_window", stop_at_150)
     assert run(cfg, tmp_path / "resumed")["status"] == "interrupted"

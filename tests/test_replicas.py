@@ -1,0 +1,187 @@
+"""Replicas (trainer.replicas=R): each replica is the run of its seed, trained together with the others.
+
+Equal to float tolerance, not bitwise: the vmapped kernels sum in another order than the single
+run's. The tolerances below are a few hundred times float32's rounding (1.2e-7) at the values
+compared, and far below what a different seed changes (losses by 1e-2 and more).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bnexp import checkpoint
+from bnexp.replicas import replica_dirs
+from bnexp.runs import load_run
+from bnexp.train import run
+
+from conftest import BNEXP, FAST
+
+STEPS = ["trainer.max_steps=1000", "trainer.eval_every=500", "trainer.log_every=1", "trainer.checkpoint_every=0"]
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(checkpoint.checkpoints(run_dir)[0], weights_only=False)
+
+
+def assert_same_run(alone: Path, replica: Path, tolerance: float, optimizer: bool) -> None:
+    a, b = load_run(alone), load_run(replica)
+    losses_a, losses_b = a.curves["train/loss"], b.curves["train/loss"]
+    assert sorted(losses_a) == sorted(losses_b)
+    steps = sorted(losses_a)
+    torch.testing.assert_close(torch.tensor([losses_b[s] for s in steps]), torch.tensor([losses_a[s] for s in steps]),
+                               rtol=tolerance, atol=1e-6)
+    state_a, state_b = weights(alone), weights(replica)
+    assert state_a["step"] == state_b["step"]
+    for name, value in state_a["model"].items():  # parameters and BN running statistics
+        torch.testing.assert_close(state_b["model"][name], value, rtol=tolerance, atol=tolerance, msg=name)
+    for i, s in state_a["optimizer"]["state"].items() if optimizer else ():
+        torch.testing.assert_close(state_b["optimizer"]["state"][i]["momentum_buffer"], s["momentum_buffer"],
+                                   rtol=tolerance, atol=tolerance)
+    assert a.summary["best_accuracy"] == pytest.approx(b.summary["best_accuracy"], abs=2e-3)
+
+
+@pytest.mark.parametrize("case", [
+    ["norm=none"],
+    ["norm=batch", "optim.lr=0.2", "optim.momentum=0.9"],
+    ["norm=batch_paper"],
+    ["norm=group", "norm.groups=4", "data.distort=0.3", "optim.lr=0.2"],  # with on-device augmentation, per replica
+], ids=["mlp-none", "mlp-batch-momentum", "mlp-batch_paper", "mlp-group-distort"])
+def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case):
+    check_replicas_against_runs_alone(compose, tmp_path, ["data=synthetic", "trainer.progress=false", *STEPS, *case])
+
+
+@pytest.mark.parametrize("norm, steps", [("none", 10), ("batch", 1)])
+def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps):
+    """To 1e-3, over a few steps. This small conv net is chaotic: any change of rounding flips
+    max-pool and ReLU decisions, and the losses part by ~5% within 30 steps, whether the change is
+    vmap's (one grouped convolution for all replicas) or the run alone on 1 thread instead of 2
+    (measured both ways on a 2-core CPU). With BN, a channel of near-constant input makes the
+    gradient ill-conditioned: the single run's float32 weight gradients were 0.5% off float64 in
+    one layer on step 1. So: the replicas' init, data, per-replica BN statistics and update agree
+    before rounding has compounded; the MLP tests above hold over 1,000 steps."""
+    overrides = ["data=synthetic", "trainer.progress=false", "model=inception", "model.width=0.0625",
+                 "model.stem=small", f"norm={norm}", "model.dropout=0", "data.shape=[3,16,16]", "optim.lr=0.01",
+                 "optim.momentum=0.9", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
+                 "trainer.log_every=1", "trainer.checkpoint_every=0"]
+    # Momentum buffers are sums of raw gradients, where the flips above show first: weights only.
+    check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-3, optimizer=False)
+
+
+def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
+    replicated = run(compose(*overrides, "trainer.seed=3", "trainer.replicas=2"), tmp_path / "replicated")
+    assert [s["status"] for s in replicated] == ["completed", "completed"]
+    dirs = replica_dirs(tmp_path / "replicated")
+    assert [d.name for d in dirs] == ["seed_3", "seed_4"]
+    for seed, replica in zip((3, 4), dirs, strict=True):
+        alone = tmp_path / f"alone_{seed}"
+        alone.mkdir()
+        assert run(compose(*overrides, f"trainer.seed={seed}"), alone)["status"] == "completed"
+        assert_same_run(alone, replica, tolerance, optimizer)
+        assert load_run(replica).config["trainer.seed"] == seed
+    # Statistics per replica, never pooled: the two replicas' running means differ.
+    buffers = [weights(d)["model"] for d in dirs]
+    for name in (n for n in buffers[0] if n.endswith("running_mean")):
+        assert not torch.allclose(buffers[0][name], buffers[1][name]), name
+
+
+def test_a_diverging_replica_ends_there_and_the_others_are_untouched(compose, tmp_path, monkeypatch):
+    """Replica seed 0 gets a non-finite input from step 120 on; seed 1 must train as without it."""
+    from bnexp import data
+
+    overrides = [*FAST, "trainer.log_every=10", "trainer.replicas=2", "trainer.checkpoint_every=0"]
+    clean = run(compose(*overrides), tmp_path / "clean")
+    reseeded = data.DeviceData.reseeded
+
+    def poisoned(self, seed):
+        source = reseeded(self, seed)
+        draw = source.next_batch
+
+        def next_batch(step):
+            x, y = draw(step)
+            return (x * float("nan") if seed == 0 and step >= 120 else x), y
+
+        source.next_batch = next_batch
+        return source
+
+    monkeypatch.setattr(data.DeviceData, "reseeded", poisoned)
+    diverged, survivor = run(compose(*overrides), tmp_path / "poisoned")
+    assert diverged["status"] == "diverged" and diverged["diverged_at_step"] == 121
+    assert survivor["status"] == "completed" and survivor["steps"] == 200
+    assert survivor["final_accuracy"] == clean[1]["final_accuracy"]
+    for name, value in weights(tmp_path / "clean" / "seed_1")["model"].items():
+        assert torch.equal(weights(tmp_path / "poisoned" / "seed_1")["model"][name], value), name
+    assert computed(tmp_path / "poisoned" / "seed_1") == computed(tmp_path / "clean" / "seed_1")
+
+
+def computed(run_dir: Path) -> dict:
+    """A run's curves less the timing ones, which differ between any two runs."""
+    return {tag: values for tag, values in load_run(run_dir).curves.items() if not tag.startswith("perf/")}
+
+
+RESUMED = ["data=synthetic", "norm=batch", "optim.lr=0.2", "optim.momentum=0.9", "trainer.max_steps=3000",
+           "trainer.eval_every=500", "trainer.log_every=50", "trainer.checkpoint_every=200", "trainer.progress=false",
+           "trainer.threads=1", "trainer.replicas=3"]
+
+
+def test_sigkill_then_resume_ends_bitwise_like_the_uninterrupted_replicated_run(bnexp, runs_root, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert bnexp("train", *RESUMED, f"hydra.run.dir={reference}").returncode == 0
+    proc = subprocess.Popen([BNEXP, "train", *RESUMED, f"hydra.run.dir={killed}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not all(checkpoint.checkpoints(killed / f"seed_{s}") for s in range(3)) or \
+            max(int(p.stem.split("_")[1]) for p in checkpoint.checkpoints(killed / "seed_0")) < 1000:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no chance to checkpoint or write anything
+    proc.wait()
+    assert not list(killed.rglob("summary.json"))
+
+    done = bnexp("resume", str(killed))
+    assert done.returncode == 0, done.stderr
+    for s in range(3):
+        a, b = reference / f"seed_{s}", killed / f"seed_{s}"
+        assert computed(a) == computed(b)
+        for name, value in weights(a)["model"].items():
+            assert torch.equal(weights(b)["model"][name], value), name
+    assert bnexp("resume", str(killed)).returncode == 0  # every replica has ended: nothing to do
+
+
+def test_one_replica_resumes_alone_as_a_run_of_its_seed(bnexp, tmp_path):
+    group = tmp_path / "group"
+    assert bnexp("train", *FAST, "trainer.replicas=2", "trainer.checkpoint_every=100",
+                 f"hydra.run.dir={group}").returncode == 0
+    (group / "seed_1" / "summary.json").unlink()  # as if it had stopped at its last checkpoint
+    for p in checkpoint.checkpoints(group / "seed_1")[:1]:
+        p.unlink()
+    done = bnexp("resume", str(group / "seed_1"))
+    assert done.returncode == 0, done.stderr
+    assert load_run(group / "seed_1").summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("norm=batch_renorm", "norm=batch_renorm reads its step counter"),
+    ("model=inception", "dropout draws its masks"),
+    ("trainer.compile=true", "trainer.compile and trainer.channels_last"),
+    ("trainer.replicas=0", "trainer.replicas must be a whole number >= 1"),
+])
+def test_what_cannot_be_replicated_is_refused_with_the_reason(bnexp, override, message):
+    done = bnexp("train", *FAST, "trainer.replicas=2", override)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and message in done.stderr
+
+
+def test_a_sweep_runs_one_replicated_job_per_config(bnexp, runs_root):
+    done = bnexp("train", "-m", *FAST, "norm=none,batch", "trainer.replicas=2")
+    assert done.returncode == 0, done.stderr
+    assert "4 jobs: 4 completed" in done.stderr  # every replica's run is listed at the sweep's end
+    runs = sorted(p.parent for p in runs_root.rglob("summary.json"))
+    assert [(p.parent.name.split("_")[0], p.name) for p in runs] == [("0", "seed_0"), ("0", "seed_1"),
+                                                                     ("1", "seed_0"), ("1", "seed_1")]
+    assert [load_run(p).config["norm.name"] for p in runs] == ["none", "none", "batch", "batch"]
