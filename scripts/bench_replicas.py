@@ -1,11 +1,11 @@
 """How much faster are seeds trained together (trainer.replicas=R) than one run at a time?
 
-For the Figure 1 MLP with and without BN, bnexp's trainer at R = 1, 2, 5, 10, 20 (R=1 is a run
-alone, the normal path): replica-steps/s (R x the steps/s the trainer logs, evaluation left out),
-the ratio to one run at a time, and the fraction of the arithmetic limit (training FLOPs per step,
+For the Figure 1 MLP with and without BN: a run alone (the normal path), then bnexp's replicated
+trainer at R = 1, 2, 5, 10, 20, eager and compiled: replica-steps/s (R x the steps/s the trainer
+logs, evaluation left out), the ratio to one run at a time, and the fraction of the arithmetic limit (training FLOPs per step,
 2 x 3 per weight per example, over the machine's measured float32 matmul rate). Then the wall
 time of the whole Figure 1 protocol (2 nets x 5 seeds x --protocol-steps steps, evaluation every
-500) as two replicated runs against the ten runs one after another.
+500) as two replicated runs (R=5, compiled) against the ten runs one after another.
 
     python scripts/bench_replicas.py                          # about 30 minutes on 2 cores
     python scripts/bench_replicas.py --steps 500 --protocol-steps 5000   # a quick look
@@ -94,20 +94,25 @@ def main() -> None:
     for norm in ("batch", "none"):
         net = [*common, f"norm={norm}", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}"]
         flops = flops_per_step(compose(net))
-        alone = None
-        for r in (int(x) for x in args.replicas.split(",")):
-            _, dirs = train([*net, f"trainer.replicas={r}"], root)
-            rate = r * training_rate(dirs[0])
-            alone = alone or rate
-            print(f"norm={norm:5s} R={r:3d}: {rate:7.0f} replica-steps/s  x{rate / alone:.2f} over one run at a "
-                  f"time  {100 * rate * flops / peak:5.1f}% of the arithmetic limit")
+        alone = training_rate(train(net, root)[1][0])  # a run alone: the normal path, not compiled
+        print(f"norm={norm:5s} one run alone: {alone:7.0f} steps/s  {100 * alone * flops / peak:5.1f}% of the "
+              "arithmetic limit")
+        for compiled in (False, True):
+            for r in (int(x) for x in args.replicas.split(",")):
+                _, dirs = train([*net, f"trainer.replicas={r}", f"trainer.compile={compiled}"], root)
+                rate = r * training_rate(dirs[0])
+                print(f"norm={norm:5s} R={r:3d} {'compiled' if compiled else 'eager   '}: {rate:7.0f} replica-steps/s  "
+                      f"x{rate / alone:.2f} over one run at a time  {100 * rate * flops / peak:5.1f}% of the "
+                      "arithmetic limit")
     if args.protocol_steps:
         protocol = [*common, f"trainer.max_steps={args.protocol_steps}", "trainer.eval_every=500"]
         one_at_a_time = sum(train([*protocol, f"norm={norm}", f"trainer.seed={seed}"], root)[0]
                             for norm in ("none", "batch") for seed in range(5))
-        together = sum(train([*protocol, f"norm={norm}", "trainer.replicas=5"], root)[0] for norm in ("none", "batch"))
+        together = sum(train([*protocol, f"norm={norm}", "trainer.replicas=5", "trainer.compile=true"], root)[0]
+                       for norm in ("none", "batch"))
         print(f"Figure 1 protocol (2 nets x 5 seeds x {args.protocol_steps} steps, evaluation every 500): "
-              f"one run at a time {one_at_a_time:.0f} s, replicated {together:.0f} s, x{one_at_a_time / together:.2f}")
+              f"one run at a time {one_at_a_time:.0f} s, replicated (R=5, compiled) {together:.0f} s, "
+              f"x{one_at_a_time / together:.2f}")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def assert_same_run(alone: Path, replica: Path, tolerance: float, optimizer: boo
     ["norm=none"],
     ["norm=batch", "optim.lr=0.2", "optim.momentum=0.9"],
     ["norm=batch_paper"],
+    ["norm=batch", "trainer.compile=true"],  # the vmapped step compiled
     ["norm=group", "norm.groups=4", "data.distort=0.3", "optim.lr=0.2"],  # with on-device augmentation, per replica
-], ids=["mlp-none", "mlp-batch-momentum", "mlp-batch_paper", "mlp-group-distort"])
+], ids=["mlp-none", "mlp-batch-momentum", "mlp-batch_paper", "mlp-batch-compiled", "mlp-group-distort"])
 def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case):
     check_replicas_against_runs_alone(compose, tmp_path, ["data=synthetic", "trainer.progress=false", *STEPS, *case])
 
@@ -168,7 +169,7 @@ def test_one_replica_resumes_alone_as_a_run_of_its_seed(bnexp, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("norm=batch_renorm", "norm=batch_renorm reads its step counter"),
     ("model=inception", "dropout draws its masks"),
-    ("trainer.compile=true", "trainer.compile and trainer.channels_last"),
+    ("trainer.channels_last=true", "trainer.channels_last is not supported"),
     ("trainer.replicas=0", "trainer.replicas must be a whole number >= 1"),
 ])
 def test_what_cannot_be_replicated_is_refused_with_the_reason(bnexp, override, message):
