@@ -203,6 +203,32 @@ def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
                             *(probe[q].get(step, "") for q in ("p15", "p50", "p85"))])
 
 
+# Scalars aggregated over each variant's seeds for TensorBoard: tag -> its chart's title.
+SEED_CURVES = {"test/accuracy": "test accuracy", "test/error": "test error", "train/loss": "train loss"}
+
+
+def write_seed_runs(variants: dict[str, list[Run]], folder: Path) -> None:
+    """One TensorBoard run per variant under `folder` with the mean, min and max over its seeds of
+    each SEED_CURVES scalar (`seeds/test/accuracy/mean`, ...), and a custom-scalars layout that
+    draws them as margin charts: mean with the seeds' range as a band, one series per variant."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    layout = {"seeds (mean, band: min-max)": {
+        title: ["Margin", [f"seeds/{tag}/mean", f"seeds/{tag}/min", f"seeds/{tag}/max"]]
+        for tag, title in SEED_CURVES.items()}}
+    for name, runs in variants.items():
+        run_folder = folder / name.replace("/", "_")
+        for old in run_folder.glob("events.out.tfevents.*"):  # a report written again replaces its runs
+            old.unlink()
+        with SummaryWriter(log_dir=str(run_folder)) as writer:
+            writer.add_custom_scalars(layout)
+            writer.add_text("seeds", f"{len(runs)} runs: " + ", ".join(str(r.path) for r in runs))
+            for tag in SEED_CURVES:
+                for step, _n, mean, _std, low, high in curve_stats(runs, tag):
+                    for stat, value in (("mean", mean), ("min", low), ("max", high)):
+                        writer.add_scalar(f"seeds/{tag}/{stat}", value, step)
+
+
 def pick_baseline(variants: dict[str, list[Run]], wanted: str | None) -> str:
     if wanted is not None:
         matches = [name for name in variants if name == wanted] or [name for name in variants if wanted in name]
@@ -221,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--target", type=float, help="accuracy to reach (default: the baseline's best, mean over seeds)")
     which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
     parser.add_argument("--targets", default="", help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
-    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv and figures here")
+    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures and "
+                        "tensorboard/ (each variant's mean and range over seeds) here")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target is an accuracy in (0, 1], got {args.target}")
@@ -274,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "report.md").write_text(text)
         write_csv(rows, fixed_targets, args.out / "report.csv")
         write_curves_csv(variants, args.out / "curves.csv")
+        write_seed_runs(variants, args.out / "tensorboard")
+        print(f"wrote {args.out / 'tensorboard'} (tensorboard --logdir {args.out / 'tensorboard'})")
         accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
         reached = {r["variant"]: r["steps_to_target"] and r["steps_to_target"][0] for r in rows}
         for path in plot_figures(variants, accuracy, args.out, rows[0]["target"], reached):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bnexp.runs import load_run
+
 from conftest import FAST, run_dirs
 
 
@@ -78,3 +80,29 @@ def test_live_tensorboard_serves_runs_tags_layout_and_hparams(bnexp, runs_root, 
     assert {"model.name", "norm.name", "optim.lr", "optim.lr_mult", "trainer.batch_size", "trainer.seed"} <= hparams
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"test/accuracy", "summary/final_accuracy"} <= metrics
+
+
+def test_live_tensorboard_shows_each_variants_seeds_as_mean_and_band(bnexp, runs_root, tmp_path, tensorboard):
+    """`bnexp report --out OUT` writes OUT/tensorboard: per variant, mean/min/max over its seeds."""
+    assert bnexp("train", "-m", "norm=none,batch", "trainer.replicas=2", *FAST).returncode == 0
+    out = runs_root / "report"  # inside the served logdir
+    done = bnexp("report", str(runs_root), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    base, proc = tensorboard
+    runs = wait_for_runs(base, proc, 6)  # 4 runs, 2 aggregates
+    assert {"report/tensorboard/norm=none", "report/tensorboard/norm=batch"} <= set(runs)
+
+    layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
+    series = charts["test accuracy"]["margin"]["series"][0]
+    assert (series["value"], series["lower"], series["upper"]) == (
+        "seeds/test/accuracy/mean", "seeds/test/accuracy/min", "seeds/test/accuracy/max")
+
+    seeds = [load_run(p) for p in sorted((runs_root).glob("*/*/*norm=batch*/seed_*"))]
+    assert len(seeds) == 2
+    for stat, expected in (("mean", lambda v: sum(v) / 2), ("min", min), ("max", max)):
+        served = fetch(f"{base}/data/plugin/scalars/scalars?run=report/tensorboard/norm%3Dbatch"
+                       f"&tag=seeds/test/accuracy/{stat}")
+        assert [step for _, step, _ in served] == sorted(seeds[0].curves["test/accuracy"])
+        for _, step, value in served:
+            assert value == pytest.approx(expected([s.curves["test/accuracy"][step] for s in seeds]), abs=1e-6)
