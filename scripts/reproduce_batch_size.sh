@@ -3,9 +3,12 @@
 # MNIST MLP: batch size 2..64 x {batch, batch_renorm, group, layer, none} x 3 seeds. Every run sees
 # the same number of training examples (EXAMPLES, 3.2 epochs by default); the learning rate is
 # linear in the batch size (2.0 at 64, the Figure 1 choice); 8 evaluations per run, each also with
-# batch statistics on test batches of the training batch size (test/error_batchstats).
+# batch statistics on test batches of the training batch size (test/error_batchstats). The 3 seeds
+# of each setting train together as one replicated run (trainer.replicas=3, compiled), except Batch
+# Renorm's, which replicas cannot train (its step counter is a Python number): those run one by one.
+# SERIAL=1 runs every seed on its own, as the study's first version did.
 #
-#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh   # 90 runs, about 45 minutes on 1 core
+#   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh   # 90 runs, about 30 minutes on 1 core
 #   OMP_NUM_THREADS=1 bash scripts/reproduce_batch_size.sh population   # 12 runs, about 8 minutes
 #
 # `population` asks whether BN's small-batch failure lies in its inference statistics: BN at batch
@@ -20,9 +23,12 @@ python=$(dirname "$bnexp")/python
 sweep=${BNEXP_RUNS:-$HOME/bnexp-runs}/batch_size/$(date +%Y-%m-%d_%H-%M-%S)
 examples=${EXAMPLES:-192000}
 
-common() {  # the overrides every run at batch size $1 shares
+seeds=(trainer.seed=0 trainer.replicas=3 trainer.compile=true)  # seeds 0, 1, 2 as one process
+[ "${SERIAL:-0}" = 1 ] && seeds=(trainer.seed=0,1,2)
+
+common() {  # the overrides every run at batch size $1 shares, but the seeds
   local steps=$((examples / $1))
-  echo experiment=fig1_mnist trainer.seed=0,1,2 trainer.batch_size="$1" trainer.max_steps=$steps \
+  echo experiment=fig1_mnist trainer.batch_size="$1" trainer.max_steps=$steps \
     trainer.eval_every=$((steps / 8)) trainer.eval_batchstats=true trainer.progress=false \
     optim.lr="$("$python" -c "print(2.0 * $1 / 64)")"
 }
@@ -30,8 +36,8 @@ common() {  # the overrides every run at batch size $1 shares
 if [ "${1:-}" = population ]; then
   for batch in 2 4 8 16; do
     # shellcheck disable=SC2046  # common's words are separate overrides
-    "$bnexp" train -m norm=batch $(common $batch) hydra.sweep.dir="$sweep/b$batch"
-    for run in "$sweep/b$batch"/*/; do
+    "$bnexp" train -m norm=batch "${seeds[@]}" $(common $batch) hydra.sweep.dir="$sweep/b$batch"
+    for run in $(find "$sweep/b$batch" -name summary.json -printf '%h\n'); do
       "$bnexp" finalize "$run" --batches $((6000 / batch))
     done
   done
@@ -42,10 +48,10 @@ fi
 for batch in 2 4 8 16 32 64; do
   steps=$((examples / batch))
   # shellcheck disable=SC2046
-  "$bnexp" train -m norm=batch,group,layer,none $(common $batch) hydra.sweep.dir="$sweep/b$batch"
+  "$bnexp" train -m norm=batch,group,layer,none "${seeds[@]}" $(common $batch) hydra.sweep.dir="$sweep/b$batch"
   # Batch Renorm's rmax/dmax schedule at the same fractions of the run as its defaults' of 50,000 steps.
   # shellcheck disable=SC2046
   "$bnexp" train -m norm=batch_renorm norm.warmup_steps=$((steps / 10)) norm.dmax_steps=$((steps / 2)) \
-    norm.rmax_steps=$((steps * 4 / 5)) $(common $batch) hydra.sweep.dir="$sweep/b${batch}_renorm"
+    norm.rmax_steps=$((steps * 4 / 5)) trainer.seed=0,1,2 $(common $batch) hydra.sweep.dir="$sweep/b${batch}_renorm"
 done
 "$python" scripts/batch_size_report.py "$sweep" --out results/batch_size
