@@ -23,6 +23,8 @@ EXECUTION_SETTINGS = frozenset({
     "runs_root", "data.root", "data.download", "data.workers",
     "trainer.device", "trainer.threads", "trainer.progress", "trainer.eval_batch_size", "trainer.checkpoint_every",
     "trainer.resume", "trainer.deterministic", "trainer.channels_last", "trainer.compile", "trainer.replicas",
+    # The ICS and landscape probes observe a run without changing its trajectory (bnexp/probes.py).
+    "probes.ics_every", "probes.landscape_every", "probes.landscape_steps",
 })
 
 
@@ -42,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
                          ("schedule", SCHEDULES)):
         rules[c.choice(f"{group}.name", tuple(rules))](c)
     _trainer(c)
+    _probes(c)
     c.nothing_else()
     across_settings(cfg)
 
@@ -251,14 +254,21 @@ def _ghost(c: Checks) -> None:
     c.whole("norm.virtual_batch", ">= 2")
 
 
+def _noisy_batch(c: Checks) -> None:
+    _moving_averages(c)
+    c.number("norm.scale_mean", "[0, 1]")  # the scale's mean lies in [1 - scale_mean, 1 + scale_mean]: never negative
+    for key in ("scale_std", "shift_mean", "shift_std"):
+        c.number(f"norm.{key}", ">= 0")
+
+
 def _group(c: Checks) -> None:
     _eps(c)
     c.whole("norm.groups", ">= 1")
 
 
 NORMS = {"none": lambda c: None, "batch": _batch, "batch_paper": _batch_paper, "batch_renorm": _batch_renorm,
-         "ghost": _ghost, "group": _group, "layer": _eps, "instance": _eps}
-BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost")  # those that use batch statistics
+         "ghost": _ghost, "noisy_batch": _noisy_batch, "group": _group, "layer": _eps, "instance": _eps}
+BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost", "noisy_batch")  # those that use batch statistics
 
 
 def _sgd(c: Checks) -> None:
@@ -303,6 +313,12 @@ def _trainer(c: Checks) -> None:
     c.whole("trainer.replicas", ">= 1")
 
 
+def _probes(c: Checks) -> None:
+    c.whole("probes.ics_every", ">= 0")
+    c.whole("probes.landscape_every", ">= 0")
+    c.numbers("probes.landscape_steps", "> 0")
+
+
 def across_settings(cfg: DictConfig) -> None:
     """Rules between settings, and the model's shapes, for the batch each process will see."""
     t, world = cfg.trainer, int(os.environ.get("WORLD_SIZE", 1))  # processes of a data-parallel run (torchrun)
@@ -329,6 +345,9 @@ def across_settings(cfg: DictConfig) -> None:
                  f"of norm.virtual_batch ({virtual}), so that every virtual batch has the same size")
     _require(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
+    _require(world == 1 or not (cfg.probes.ics_every or cfg.probes.landscape_every),
+             "the ICS and landscape probes measure one process's gradients, not a data-parallel run's: "
+             "run them without torchrun")
     if t.replicas > 1:
         _require(world == 1, "trainer.replicas > 1 cannot run under torchrun: replicas share one process")
         check_replicable(cfg)
@@ -344,6 +363,11 @@ def check_replicable(cfg: DictConfig) -> None:
     _require(cfg.norm.name != "batch_renorm",
              f"{why}; norm=batch_renorm reads its step counter as a Python number to set rmax and dmax, "
              "which a vmapped computation cannot: run its seeds separately")
+    _require(cfg.norm.name != "noisy_batch",
+             f"{why}; norm=noisy_batch draws its noise from the process's one random stream, so a replica's "
+             "noise could not be that of its seed's run alone: run its seeds separately")
+    _require(not (cfg.probes.ics_every or cfg.probes.landscape_every),
+             f"{why}; the ICS and landscape probes re-run one model's step on its own: run the seeds separately")
     _require(not cfg.norm.get("sync", False), f"{why} in one process; norm.sync=true is for data-parallel runs")
     _require(cfg.data.name != "imagefolder", f"{why} with the data on the device; data=imagefolder streams "
              "from disk: run its seeds separately")

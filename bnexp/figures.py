@@ -93,3 +93,78 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
         plt.close(fig)
         written.append(out / "figure.png")
     return written
+
+
+def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str], out: Path) -> list[Path]:
+    """ics.png (per probed layer: ||G - G'|| and cos(G, G')) and landscape.png (the three landscape
+    quantities), where runs took those probes: per variant the mean over seeds, the band min-max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if len(variant_order) <= 10 else "tab20")
+    color = {name: cmap(i % cmap.N) for i, name in enumerate(variant_order)}
+
+    def panel(ax, tag: str, title: str, log_y: bool) -> None:
+        for name in variant_order:
+            rows = stats[tag].get(name)
+            if not rows:
+                continue
+            steps = [r[0] for r in rows]
+            ax.plot(steps, [r[2] for r in rows], color=color[name], label=f"{name} ({max(r[1] for r in rows)} runs)")
+            ax.fill_between(steps, [r[4] for r in rows], [r[5] for r in rows], color=color[name], alpha=0.2,
+                            linewidth=0)
+        if log_y and all(r[4] > 0 for rows in stats[tag].values() for r in rows):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training steps")
+        ax.grid(alpha=0.3)
+
+    written = []
+
+    def layers_of(kind: str) -> list[str]:
+        return list(dict.fromkeys(tag.split("/")[1] for tag in stats if tag.startswith(f"{kind}/")))
+
+    # A first layer has nothing before it: its G' is G (l2 0, cos 1), nothing to draw.
+    ics = [layer for layer in layers_of("ics")
+           if any(r[5] > 0 for rows in stats[f"ics/{layer}/l2"].values() for r in rows)]
+    shifts = layers_of("shift")
+    if ics or shifts:
+        rows = [row for row, layers in (("l2", ics), ("cos", ics), ("shift", shifts)) if layers]
+        cols = max(len(ics), len(shifts))
+        fig, axes = plt.subplots(len(rows), cols, figsize=(3.8 * cols, 3.2 * len(rows)), squeeze=False)
+        for r, row in enumerate(rows):
+            layers = shifts if row == "shift" else ics
+            for col in range(cols):
+                if col >= len(layers):
+                    axes[r][col].set_visible(False)
+                elif row == "shift":
+                    panel(axes[r][col], f"shift/{layers[col]}/mean", f"{layers[col]}: |change of its input's mean| "
+                          "in one step", log_y=True)
+                else:
+                    title = {"l2": "||G - G'||", "cos": "cos(G, G')"}[row]
+                    panel(axes[r][col], f"ics/{layers[col]}/{row}", f"{layers[col]}: {title}", log_y=row == "l2")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("Internal covariate shift. Santurkar et al.'s Def. 2.1: how a layer's gradient G changes (G') "
+                     "when the layers before it take their update;\nthe distributional view: how far each unit's "
+                     "input mean moves from one step to the next (line: mean over seeds; band: min-max)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "ics.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / "ics.png")
+    quantities = [("loss_range", "loss range along -g"), ("grad_change", "max ||grad(w - eta g) - g||"),
+                  ("beta_smoothness", "effective beta-smoothness")]
+    if any(f"landscape/{q}" in stats for q, _ in quantities):
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+        for ax, (q, title) in zip(axes, quantities, strict=True):
+            if f"landscape/{q}" in stats:
+                panel(ax, f"landscape/{q}", title, log_y=True)
+        axes[0].legend(fontsize=7)
+        fig.suptitle("The loss landscape along the gradient (Santurkar et al. sec. 3.2; line: mean over seeds, "
+                     "band: min-max)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "landscape.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / "landscape.png")
+    return written

@@ -37,6 +37,9 @@ def make(cfg: DictConfig) -> NormBuilder:
                                            cfg.dmax, cfg.dmax_steps)
     if name == "ghost":
         return lambda c, kind: GhostBatchNorm(c, cfg.eps, cfg.momentum, cfg.virtual_batch)
+    if name == "noisy_batch":
+        return lambda c, kind: NoisyBatchNorm(c, cfg.eps, cfg.momentum, cfg.scale_mean, cfg.scale_std,
+                                              cfg.shift_mean, cfg.shift_std)
     if name == "layer":  # over all features of one example; GroupNorm(1) is that for N x C x H x W too
         return lambda c, kind: nn.GroupNorm(1, c, cfg.eps)
     if name == "group":
@@ -269,3 +272,41 @@ class GhostBatchNorm(_AnyInputBatchNorm):
         if x.shape[0] % self.virtual_batch:  # bnexp's validation refuses such batch sizes before a run starts
             raise ValueError(f"batch of {x.shape[0]} is not a multiple of virtual_batch={self.virtual_batch}")
         return torch.cat([super(GhostBatchNorm, self).forward(chunk) for chunk in x.split(self.virtual_batch)])
+
+
+class NoisyBatchNorm(_AnyInputBatchNorm):
+    """BN followed by Santurkar et al.'s non-stationary noise ("noisy BN", arXiv 1805.11604 sec. 3.1):
+    in training, every output of every example gets its own random scale and shift,
+    y -> y * scale + shift, drawn from distributions with non-zero mean and non-unit variance that
+    change every step. Per feature and step:
+
+        scale ~ N(mu_s, sigma_s^2), mu_s ~ U(1 - scale_mean, 1 + scale_mean), sigma_s ~ U(0, scale_std)
+        shift ~ N(mu_m, sigma_m^2), mu_m ~ U(-shift_mean, shift_mean),      sigma_m ~ U(0, shift_std)
+
+    so a layer's output distribution moves from step to step far more than BN lets it (more
+    "internal covariate shift"), by design. The noise comes from the process's random stream, as
+    dropout's does (a run is still a function of its seed). At inference there is no noise; with all
+    four ranges 0 the layer is plain BN."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, scale_mean=0.5, scale_std=0.5, shift_mean=0.5,
+                 shift_std=0.5):
+        super().__init__(num_features, eps, momentum)
+        self.scale_mean, self.scale_std, self.shift_mean, self.shift_std = scale_mean, scale_std, shift_mean, shift_std
+
+    def noise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's scale and shift for every element of x (distributions drawn anew per call)."""
+        c = x.shape[1]
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return _per_feature(torch.rand(c, device=x.device, dtype=x.dtype) * (high - low) + low, x)
+
+        scale = uniform(1 - self.scale_mean, 1 + self.scale_mean) + uniform(0, self.scale_std) * torch.randn_like(x)
+        shift = uniform(-self.shift_mean, self.shift_mean) + uniform(0, self.shift_std) * torch.randn_like(x)
+        return scale, shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.training:
+            return y
+        scale, shift = self.noise(y)
+        return torch.addcmul(shift, y, scale)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bnexp.config import EXECUTION_SETTINGS
-from bnexp.figures import plot_figures
+from bnexp.figures import plot_figures, plot_step_probes
 from bnexp.runs import Run, find_run_dirs, load_run
 from bnexp.summary import ENDED, Status, first_step_reaching
 
@@ -203,6 +203,24 @@ def write_curves_csv(variants: dict[str, list[Run]], path: Path) -> None:
                             *(probe[q].get(step, "") for q in ("p15", "p50", "p85"))])
 
 
+STEP_PROBES = ("ics/", "shift/", "landscape/")  # Santurkar et al.'s probes (bnexp/probes.py), where runs took them
+
+
+def step_probe_stats(variants: dict[str, list[Run]]) -> dict[str, dict[str, list]]:
+    """{tag: {variant: curve_stats}} for every ICS, activation-shift and landscape scalar some run logged."""
+    tags = sorted({t for runs in variants.values() for r in runs for t in r.curves if t.startswith(STEP_PROBES)})
+    return {tag: {name: stats for name, runs in variants.items() if (stats := curve_stats(runs, tag))} for tag in tags}
+
+
+def write_step_probes_csv(stats: dict[str, dict[str, list]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tag", "variant", "step", "runs", "mean", "std", "min", "max"])
+        for tag, by_variant in stats.items():
+            for name, rows in by_variant.items():
+                w.writerows([tag, name, *row] for row in rows)
+
+
 # Scalars aggregated over each variant's seeds for TensorBoard: tag -> its chart's title.
 SEED_CURVES = {"test/accuracy": "test accuracy", "test/error": "test error", "train/loss": "train loss"}
 
@@ -247,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--target", type=float, help="accuracy to reach (default: the baseline's best, mean over seeds)")
     which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
     parser.add_argument("--targets", default="", help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
-    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures and "
-                        "tensorboard/ (each variant's mean and range over seeds) here")
+    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures, "
+                        "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
+                        "or landscape probes, probes.csv, ics.png and landscape.png here")
     args = parser.parse_args(argv)
     if args.target is not None and not 0 < args.target <= 1:
         parser.error(f"--target is an accuracy in (0, 1], got {args.target}")
@@ -305,6 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out / 'tensorboard'} (tensorboard --logdir {args.out / 'tensorboard'})")
         accuracy = {name: curve_stats(runs, "test/accuracy") for name, runs in variants.items()}
         reached = {r["variant"]: r["steps_to_target"] and r["steps_to_target"][0] for r in rows}
-        for path in plot_figures(variants, accuracy, args.out, rows[0]["target"], reached):
+        written = plot_figures(variants, accuracy, args.out, rows[0]["target"], reached)
+        if probes := step_probe_stats(variants):
+            write_step_probes_csv(probes, args.out / "probes.csv")
+            written += [args.out / "probes.csv", *plot_step_probes(probes, list(variants), args.out)]
+        for path in written:
             print(f"wrote {path}")
     return 0

@@ -24,7 +24,8 @@ class RunLog:
     rows of metrics.csv are dropped, and TensorBoard is told to purge later events, so the resumed
     run's curves have no step twice and none missing."""
 
-    def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str], resume_step: int | None = None):
+    def __init__(self, run_dir: Path, hyperparameters: dict, probe_layers: list[str], resume_step: int | None = None,
+                 ics_layers: list[str] = (), landscape: bool = False):
         self.dir = Path(run_dir)
         if resume_step is None:
             # A run that starts from step 0 in a dir used before (resume=never, or an attempt that
@@ -32,7 +33,7 @@ class RunLog:
             for old in self.dir.glob("events.out.tfevents.*"):
                 old.unlink()
             self.tb = SummaryWriter(log_dir=str(self.dir))
-            self.tb.add_custom_scalars(dashboard_layout(probe_layers))
+            self.tb.add_custom_scalars(dashboard_layout(probe_layers, ics_layers, landscape))
             # Written into this run's own event file: SummaryWriter.add_hparams would make a sub-run.
             for summary in hparams(hyperparameters, dict.fromkeys(HPARAM_METRICS, 0.0)):
                 self.tb.file_writer.add_summary(summary)
@@ -78,12 +79,13 @@ def kept_rows(path: Path, last_step: int) -> list[list[str]]:
         return [row for row in csv.reader(f) if len(row) == 3 and row[0] != "step" and int(row[0]) <= last_step]
 
 
-def dashboard_layout(probe_layers: list[str]) -> dict:
-    """TensorBoard's Custom Scalars page: every run's curves on shared charts, probes as margin charts.
+def dashboard_layout(probe_layers: list[str], ics_layers: list[str] = (), landscape: bool = False) -> dict:
+    """TensorBoard's Custom Scalars page: every run's curves on shared charts, probes as margin charts;
+    the ICS probe per layer and the landscape probe where the run takes them.
 
     Each run writes the same layout; TensorBoard merges them and drops the duplicates.
     """
-    return {
+    layout = {
         "bnexp: all runs": {
             "test error": ["Multiline", ["^test/error$"]],
             "train loss": ["Multiline", ["^train/loss$"]],
@@ -95,6 +97,17 @@ def dashboard_layout(probe_layers: list[str]) -> dict:
             for layer in probe_layers
         },
     }
+    if ics_layers:
+        layout["bnexp: internal covariate shift (Santurkar et al.), per layer"] = {
+            f"{layer} {what}": ["Multiline", [f"^ics/{layer}/{what}$"]]
+            for layer in ics_layers for what in ("l2", "cos")}
+        layout["bnexp: how far each nonlinearity's input distribution moves in one step"] = {
+            f"{layer} {what}": ["Multiline", [f"^shift/{layer}/{what}$"]] for layer in probe_layers
+            for what in ("mean", "std")}
+    if landscape:
+        layout["bnexp: loss landscape along the gradient (Santurkar et al.)"] = {
+            what: ["Multiline", [f"^landscape/{what}$"]] for what in ("loss_range", "grad_change", "beta_smoothness")}
+    return layout
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -27,7 +27,7 @@ from bnexp import checkpoint, distributed, models
 from bnexp import data as datasets
 from bnexp.config import EXECUTION_SETTINGS, UserError
 from bnexp.norm import batch_statistics_layers, finalize_population
-from bnexp.probes import PercentileProbe
+from bnexp.probes import PercentileProbe, StepProbes
 from bnexp.runlog import NullLog, RunLog, flatten
 from bnexp.summary import ENDED, SUMMARY, Status, Summary, ended, first_step_reaching, provenance
 
@@ -64,14 +64,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Summary | list[Summary]:
             checkpoint.set_rng_states(state["rng"])  # every draw after this is the uninterrupted run's
     elif rank == 0:
         checkpoint.remove_all(run_dir)  # resume=never: this run starts over
-    runlog = open_runlog(cfg, run_dir, config, model, state) if rank == 0 else NullLog()
+    step_probes = StepProbes(cfg.probes, model) if cfg.probes.ics_every or cfg.probes.landscape_every else None
+    runlog = open_runlog(cfg, run_dir, config, model, state, step_probes) if rank == 0 else NullLog()
     where = f"{device}" + (f" x {world} processes" if world > 1 else "")
     if device.type == "cpu":
         where += f" ({torch.get_num_threads()} threads)"
     log.info("run dir %s | %s on %s | %d parameters", run_dir, cfg.model.name, where,
              sum(p.numel() for p in model.parameters()))
     trainer = Trainer(cfg.trainer, model, data, optimizer, learning_rate(cfg), runlog,
-                      population_batches=population_batches(cfg.norm), checkpoint_dir=run_dir if rank == 0 else None)
+                      population_batches=population_batches(cfg.norm), checkpoint_dir=run_dir if rank == 0 else None,
+                      step_probes=step_probes)
     if state is not None:
         trainer.restore(state)
     return trainer.fit()
@@ -103,14 +105,17 @@ def population_batches(norm: DictConfig) -> int:
     return norm.population_batches if norm.name == "batch_paper" and norm.inference == "population" else 0
 
 
-def open_runlog(cfg: DictConfig, run_dir: Path, config: dict, model, state: dict | None) -> RunLog:
+def open_runlog(cfg: DictConfig, run_dir: Path, config: dict, model, state: dict | None,
+                step_probes: StepProbes | None = None) -> RunLog:
     """The run dir's config.yaml (a resumed run keeps the one it was checked against) and its logs."""
     if state is None:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     (run_dir / SUMMARY).unlink(missing_ok=True)  # a resumed run is no longer finished
     hyperparameters = {key: config[key] for key in HPARAMS if key in config}
     return RunLog(run_dir, hyperparameters, list(model.probe_points()),
-                  resume_step=None if state is None else state["step"])
+                  resume_step=None if state is None else state["step"],
+                  ics_layers=list(step_probes.layers) if step_probes else [],
+                  landscape=bool(step_probes and step_probes.landscape_every))
 
 
 def check_same_config(run_dir: Path, config: dict) -> None:
@@ -212,11 +217,11 @@ class Window:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, model, data, optimizer, lr_at, runlog, population_batches=0,
-                 checkpoint_dir=None):
+                 checkpoint_dir=None, step_probes: StepProbes | None = None):
         """lr_at(step) is the learning rate of step `step` (0-based): the schedule as a pure function.
         population_batches: if > 0, the BN layers' population statistics are computed over that many
         training batches after the last step (`finish`). checkpoint_dir: where checkpoints go (None:
-        this process does not write them)."""
+        this process does not write them). step_probes: the ICS and landscape probes, if any."""
         self.cfg, self.model, self.data, self.population_batches = cfg, model, data, population_batches
         self.optimizer, self.lr_at, self.log, self.checkpoint_dir = optimizer, lr_at, runlog, checkpoint_dir
         # Plain ints: reading a DictConfig costs microseconds, too much for every step.
@@ -239,6 +244,7 @@ class Trainer:
         if cfg.compile:
             self.forward = torch.compile(self.forward)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
+        self.step_probes = step_probes
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
         self.step = self.saved_step = 0
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
@@ -350,13 +356,18 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
             x, y = self.data.next_batch(self.step)
+            x = self.layout(x)
+            if probing := self.step_probes is not None and self.step_probes.due(self.step):
+                self.step_probes.before_step()
             with self.autocast():
-                logits = self.forward(self.layout(x))
+                logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.step += 1
+            if probing:
+                self.log.scalars(self.step, self.step_probes.measure(self.step, x, y, lr))
             window.add(loss, logits, y)
             if self.step % self.log_every == 0 or self.step in self.evaluate_at:
                 if (ended_here := self.end_window(*window.close(), window.started, lr)) is not None:

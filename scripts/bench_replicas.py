@@ -2,8 +2,9 @@
 
 For the Figure 1 MLP with and without BN: a run alone (the normal path), then bnexp's replicated
 trainer at R = 1, 2, 5, 10, 20, eager and compiled: replica-steps/s (R x the steps/s the trainer
-logs, evaluation left out), the ratio to one run at a time, and the fraction of the arithmetic limit (training FLOPs per step,
-2 x 3 per weight per example, over the machine's measured float32 matmul rate). Then the wall
+logs, evaluation left out), the ratio to one run at a time, and the fraction of the arithmetic
+limit (training FLOPs per step, 2 x 3 per weight per example, over the machine's measured float32
+matmul rate). Then the wall
 time of the whole Figure 1 protocol (2 nets x 5 seeds x --protocol-steps steps, evaluation every
 500) as two replicated runs (R=5, compiled) against the ten runs one after another.
 

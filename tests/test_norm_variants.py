@@ -15,6 +15,8 @@ CFG = {
     "batch_renorm": {"eps": 1e-5, "rate": 0.01, "warmup_steps": 5, "rmax": 3.0, "rmax_steps": 40, "dmax": 5.0,
                      "dmax_steps": 25},
     "ghost": {"eps": 1e-5, "momentum": 0.1, "virtual_batch": 4},
+    "noisy_batch": {"eps": 1e-5, "momentum": 0.1, "scale_mean": 0.5, "scale_std": 0.5, "shift_mean": 0.5,
+                    "shift_std": 0.5},
     "layer": {"eps": 1e-5},
     "group": {"eps": 1e-5, "groups": 2},
     "instance": {"eps": 1e-5},

@@ -126,3 +126,16 @@ class Inception(nn.Module):
 
     def probe_points(self) -> dict[str, nn.Module]:
         return {f"inception{name}": self.blocks.get_submodule(name).double3[-1].act for name in PROBED}
+
+    def ics_layers(self) -> dict[str, tuple[str, list[str]]]:
+        """The probed units' convolutions, for the ICS probe: {name: (its weight, the parameters
+        upstream of it)}: the stem, the modules before, and the two units before it in its branch
+        (not the parallel branches, which do not feed it)."""
+        names, order = [n for n, _ in self.named_parameters()], list(MODULES)
+        layers = {}
+        for name in PROBED:
+            upstream = ("stem.", *(f"blocks.{m}." for m in order[:order.index(name)]),
+                        f"blocks.{name}.double3.0.", f"blocks.{name}.double3.1.")
+            layers[f"inception{name}"] = (f"blocks.{name}.double3.2.conv.weight",
+                                          [n for n in names if n.startswith(upstream)])
+        return layers

@@ -35,3 +35,10 @@ class MLP(nn.Module):
 
     def probe_points(self) -> dict[str, nn.Module]:
         return {f"hidden{i + 1}": block.act for i, block in enumerate(self.hidden)}
+
+    def ics_layers(self) -> dict[str, tuple[str, list[str]]]:
+        """Every weight layer, for the ICS probe: {name: (its weight, the parameters upstream of it)}."""
+        names = [n for n, _ in self.named_parameters()]
+        weights = {**{f"hidden{i + 1}": f"hidden.{i}.linear.weight" for i in range(len(self.hidden))},
+                   "output": "classifier.weight"}
+        return {layer: (w, names[:names.index(w)]) for layer, w in weights.items()}  # a chain: all before it

@@ -1,0 +1,73 @@
+"""The numbers behind results/ics_mnist's verdicts: for each learning rate and net, each probe's
+median over a run's probed steps, then mean ± std over seeds.
+
+    python scripts/ics_verdict.py SWEEP_DIR... --out results/ics_mnist/verdict.md
+
+Reads the runs that scripts/reproduce_ics_mnist.sh made (through bnexp.runs); ICS l2 and cos per
+weight layer, the one-step shift of each nonlinearity's input mean, the three landscape quantities,
+and the best test accuracy. Lower ICS l2, higher cos, smaller shifts: more stable; smaller
+landscape quantities: a smoother landscape along the gradient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bnexp.runs import find_run_dirs, load_run
+from bnexp.summary import ENDED
+
+NETS = ("none", "batch", "noisy_batch")
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    # (lr, net) -> tag -> per-run medians
+    cells: dict[tuple[float, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in find_run_dirs(args.sweeps):
+        run = load_run(path)
+        if run.status not in ENDED:
+            print(f"left out {path}: {run.status}", file=sys.stderr)
+            continue
+        cell = cells[float(run.config["optim.lr"]), run.config["norm.name"]]
+        cell["best accuracy (%)"].append(100 * run.summary["best_accuracy"])
+        for tag, curve in run.curves.items():
+            if tag.startswith(("ics/", "shift/", "landscape/")):
+                cell[tag].append(statistics.median(curve.values()))
+    lines = ["Each probe's median over a run's probed steps, mean ± std over seeds; made by "
+             "`python scripts/ics_verdict.py " + " ".join(str(s) for s in args.sweeps) + f" --out {args.out}`.", ""]
+    for lr in sorted({lr for lr, _ in cells}, reverse=True):
+        nets = [n for n in NETS if (lr, n) in cells]
+        tags = sorted({t for n in nets for t in cells[lr, n]}, key=lambda t: (not t.startswith("best"), t))
+        # a first layer has nothing before it: its G' is G (l2 0, cos 1) by definition
+        trivial = {t.rsplit("/", 1)[0] for t in tags if t.endswith("/l2") and not any(
+            any(cells[lr, n].get(t, [])) for n in nets)}
+        tags = [t for t in tags if t.rsplit("/", 1)[0] not in trivial]
+        runs = ", ".join(f"{n}: {len(cells[lr, n]['best accuracy (%)'])}" for n in nets)
+        lines += [f"## lr {lr:g} (runs: {runs})", "", "| probe | " + " | ".join(nets) + " |",
+                  "|---|" + "---:|" * len(nets)]
+        lines += [f"| {tag} | " + " | ".join(fmt(cells[lr, n].get(tag, [])) for n in nets) + " |" for tag in tags]
+        lines.append("")
+    text = "\n".join(lines)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Does BN reduce internal covariate shift? Santurkar et al.'s (2018) ICS and loss-landscape probes
+# on the paper's Figure 1 MLP (MNIST, 3 x 100 sigmoid, 50,000 steps of 60), without BN, with BN and
+# with "noisy" BN, 3 seeds each, at the Figure 1 learning rate (2.0) and a low one (0.05). Both
+# probes every 250 steps on the step's own batch (they do not change the runs). Reports, figures
+# and the verdict table into results/ics_mnist.
+#
+#   bash scripts/reproduce_ics_mnist.sh     # 18 runs, about 30 minutes on 2 CPU cores
+#
+# Arguments go to bnexp train, e.g. trainer.threads=1 next to another job. Runs go to
+# $BNEXP_RUNS/ics_mnist (default ~/bnexp-runs); run the script again to continue an interrupted sweep.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+python=$(dirname "$bnexp")/python
+sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/ics_mnist
+out=results/ics_mnist
+
+for lr in 2.0 0.05; do
+  "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=$lr trainer.seed=0,1,2 \
+    probes.ics_every=250 probes.landscape_every=250 trainer.progress=false hydra.sweep.dir="$sweeps/lr_$lr" "$@"
+  "$bnexp" report "$sweeps/lr_$lr" --baseline norm=none --targets 0.97,0.98 --out "$out/lr_$lr"
+done
+"$python" scripts/ics_verdict.py "$sweeps/lr_2.0" "$sweeps/lr_0.05" --out "$out/verdict.md"
