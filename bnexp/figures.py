@@ -117,8 +117,9 @@ def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str
                             linewidth=0)
         if log_y and all(r[4] > 0 for rows in stats[tag].values() for r in rows):
             ax.set_yscale("log")
+        ax.set_xscale("log")  # early training, where the nets differ most, gets its share of the axis
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("training steps")
+        ax.set_xlabel("training steps (log scale)")
         ax.grid(alpha=0.3)
 
     written = []

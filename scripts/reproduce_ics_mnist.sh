@@ -5,7 +5,9 @@
 # probes every 250 steps on the step's own batch (they do not change the runs). Reports, figures
 # and the verdict table into results/ics_mnist.
 #
-#   bash scripts/reproduce_ics_mnist.sh     # 18 runs, about 30 minutes on 2 CPU cores
+#   bash scripts/reproduce_ics_mnist.sh        # 18 runs, about 40 minutes on 2 CPU cores
+#   bash scripts/reproduce_ics_mnist.sh conv   # the conv-net check: Inception vs BN-Baseline (scaled,
+#                                              # 3,000 steps, 2 seeds each, probes every 100 steps)
 #
 # Arguments go to bnexp train, e.g. trainer.threads=1 next to another job. Runs go to
 # $BNEXP_RUNS/ics_mnist (default ~/bnexp-runs); run the script again to continue an interrupted sweep.
@@ -15,6 +17,15 @@ bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
 python=$(dirname "$bnexp")/python
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/ics_mnist
 out=results/ics_mnist
+
+if [ "${1:-}" = conv ]; then
+  "$bnexp" train -m experiment=inception,bn_baseline scale=inception_mnist_plateau trainer.max_steps=3000 \
+    trainer.eval_schedule=every trainer.eval_every=500 trainer.seed=0,1 probes.ics_every=100 \
+    probes.landscape_every=100 trainer.progress=false hydra.sweep.dir="$sweeps/inception" "${@:2}"
+  "$bnexp" report "$sweeps/inception" --baseline inception --out "$out/inception"
+  "$python" scripts/ics_verdict.py "$sweeps/inception" --out "$out/inception/verdict.md"
+  exit
+fi
 
 for lr in 2.0 0.05; do
   "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=$lr trainer.seed=0,1,2 \

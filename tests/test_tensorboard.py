@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -106,3 +107,21 @@ def test_live_tensorboard_shows_each_variants_seeds_as_mean_and_band(bnexp, runs
         assert [step for _, step, _ in served] == sorted(seeds[0].curves["test/accuracy"])
         for _, step, value in served:
             assert value == pytest.approx(expected([s.curves["test/accuracy"][step] for s in seeds]), abs=1e-6)
+
+
+def test_live_tensorboard_serves_the_ics_and_landscape_probes(bnexp, runs_root, tensorboard):
+    done = bnexp("train", *FAST, "trainer.max_steps=100", "probes.ics_every=50", "probes.landscape_every=50")
+    assert done.returncode == 0, done.stderr
+    base, proc = tensorboard
+    [name] = wait_for_runs(base, proc, 1)
+    tags = fetch(f"{base}/data/plugin/scalars/tags")[name]
+    assert {"ics/hidden2/l2", "ics/output/cos", "shift/hidden1/mean", "landscape/beta_smoothness"} <= set(tags)
+    served = fetch(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(name)}&tag=ics/hidden2/l2")
+    assert [step for _, step, _ in served] == [50, 100]
+
+    layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
+    assert charts["hidden2 l2"]["multiline"]["tag"] == ["^ics/hidden2/l2$"]  # one chart per layer and measure
+    assert charts["output cos"]["multiline"]["tag"] == ["^ics/output/cos$"]
+    assert charts["hidden1 mean"]["multiline"]["tag"] == ["^shift/hidden1/mean$"]
+    assert charts["beta_smoothness"]["multiline"]["tag"] == ["^landscape/beta_smoothness$"]
