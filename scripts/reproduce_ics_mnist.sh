@@ -7,7 +7,7 @@
 #
 #   bash scripts/reproduce_ics_mnist.sh        # 18 runs, about 40 minutes on 2 CPU cores
 #   bash scripts/reproduce_ics_mnist.sh conv   # the conv-net check: Inception vs BN-Baseline (scaled,
-#                                              # 3,000 steps, 2 seeds each, probes every 100 steps)
+#                                              # 1,500 steps, 2 seeds each, probes every 50 steps)
 #
 # Arguments go to bnexp train, e.g. trainer.threads=1 next to another job. Runs go to
 # $BNEXP_RUNS/ics_mnist (default ~/bnexp-runs); run the script again to continue an interrupted sweep.
@@ -19,11 +19,11 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/ics_mnist
 out=results/ics_mnist
 
 if [ "${1:-}" = conv ]; then
-  "$bnexp" train -m experiment=inception,bn_baseline scale=inception_mnist_plateau trainer.max_steps=3000 \
-    trainer.eval_schedule=every trainer.eval_every=500 trainer.seed=0,1 probes.ics_every=100 \
-    probes.landscape_every=100 trainer.progress=false hydra.sweep.dir="$sweeps/inception" "${@:2}"
+  "$bnexp" train -m experiment=inception,bn_baseline scale=inception_mnist_plateau trainer.max_steps=1500 \
+    trainer.eval_schedule=every trainer.eval_every=250 trainer.seed=0,1 probes.ics_every=50 \
+    probes.landscape_every=50 trainer.progress=false hydra.sweep.dir="$sweeps/inception" "${@:2}"
   "$bnexp" report "$sweeps/inception" --baseline inception --out "$out/inception"
-  "$python" scripts/ics_verdict.py "$sweeps/inception" --out "$out/inception/verdict.md"
+  "$python" scripts/ics_verdict.py "$sweeps/inception" --phases 1-300,751-1500 --out "$out/inception/verdict.md"
   exit
 fi
 
