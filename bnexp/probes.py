@@ -149,8 +149,9 @@ class StepProbes:
         next_states = _random_states()  # where the next step's dropout masks and noise come from
 
         def logits_at(params: Params, states: list) -> torch.Tensor:
-            _set_random_states(states)  # BN layers update their statistics in these copies only
-            return functional_call(self.model, ({**params}, {k: b.clone() for k, b in buffers.items()}), (x,))
+            _set_random_states(states)
+            copies = {k: b.clone() for k, b in buffers.items()}  # BN statistics move in these copies only
+            return functional_call(self.model, (params, copies), (x,))
 
         def loss_at(params: Params) -> torch.Tensor:  # the step's own dropout masks and noise
             return F.cross_entropy(logits_at(params, random_states).float(), y)
@@ -168,7 +169,6 @@ class StepProbes:
             if self.landscape_every and step % self.landscape_every == 0:
                 out.update(landscape(loss_at, before, [eta * lr for eta in self.etas]))
         return out
-
 
     @contextmanager
     def inputs_of_nonlinearities(self):
