@@ -114,8 +114,11 @@ def test_live_tensorboard_serves_the_ics_and_landscape_probes(bnexp, runs_root, 
     assert done.returncode == 0, done.stderr
     base, proc = tensorboard
     [name] = wait_for_runs(base, proc, 1)
-    tags = fetch(f"{base}/data/plugin/scalars/tags")[name]
-    assert {"ics/hidden2/l2", "ics/output/cos", "shift/hidden1/mean", "landscape/beta_smoothness"} <= set(tags)
+    wanted = {"ics/hidden2/l2", "ics/output/cos", "shift/hidden1/mean", "landscape/beta_smoothness"}
+    deadline = time.time() + 60
+    while not wanted <= set(tags := fetch(f"{base}/data/plugin/scalars/tags")[name]) and time.time() < deadline:
+        time.sleep(0.5)  # TensorBoard serves a run while it is still reading the run's event file
+    assert wanted <= set(tags)
     served = fetch(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(name)}&tag=ics/hidden2/l2")
     assert [step for _, step, _ in served] == [50, 100]
 
