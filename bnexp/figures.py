@@ -96,8 +96,9 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
 
 
 def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str], out: Path) -> list[Path]:
-    """ics.png (per probed layer: ||G - G'|| and cos(G, G')) and landscape.png (the three landscape
-    quantities), where runs took those probes: per variant the mean over seeds, the band min-max."""
+    """ics.png (per probed layer: ||G - G'|| and cos(G, G'); per nonlinearity: the one-step shift of
+    its input's mean) and landscape.png (the three landscape quantities), where runs took those
+    probes: per variant the mean over seeds, the band min-max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +163,7 @@ def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str
             if f"landscape/{q}" in stats:
                 panel(ax, f"landscape/{q}", title, log_y=True)
         axes[0].legend(fontsize=7)
-        fig.suptitle("The loss landscape along the gradient (Santurkar et al. sec. 3.2; line: mean over seeds, "
+        fig.suptitle("The loss landscape along the gradient (Santurkar et al.; line: mean over seeds, "
                      "band: min-max)", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "landscape.png", dpi=120, bbox_inches="tight")

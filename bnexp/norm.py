@@ -275,7 +275,7 @@ class GhostBatchNorm(_AnyInputBatchNorm):
 
 
 class NoisyBatchNorm(_AnyInputBatchNorm):
-    """BN followed by Santurkar et al.'s non-stationary noise ("noisy BN", arXiv 1805.11604 sec. 3.1):
+    """BN followed by Santurkar et al.'s non-stationary noise ("noisy BN", arXiv 1805.11604, their Figure 2):
     in training, every output of every example gets its own random scale and shift,
     y -> y * scale + shift, drawn from distributions with non-zero mean and non-unit variance that
     change every step. Per feature and step:
