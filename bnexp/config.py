@@ -319,6 +319,11 @@ def _probes(c: Checks) -> None:
     c.numbers("probes.landscape_steps", "> 0")
 
 
+def step_probes_on(probes: DictConfig) -> bool:
+    """Whether a run takes Santurkar et al.'s ICS or landscape probes (configs/probes)."""
+    return bool(probes.ics_every or probes.landscape_every)
+
+
 def across_settings(cfg: DictConfig) -> None:
     """Rules between settings, and the model's shapes, for the batch each process will see."""
     t, world = cfg.trainer, int(os.environ.get("WORLD_SIZE", 1))  # processes of a data-parallel run (torchrun)
@@ -345,7 +350,7 @@ def across_settings(cfg: DictConfig) -> None:
                  f"of norm.virtual_batch ({virtual}), so that every virtual batch has the same size")
     _require(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
-    _require(world == 1 or not (cfg.probes.ics_every or cfg.probes.landscape_every),
+    _require(world == 1 or not step_probes_on(cfg.probes),
              "the ICS and landscape probes measure one process's gradients, not a data-parallel run's: "
              "run them without torchrun")
     if t.replicas > 1:
@@ -366,7 +371,7 @@ def check_replicable(cfg: DictConfig) -> None:
     _require(cfg.norm.name != "noisy_batch",
              f"{why}; norm=noisy_batch draws its noise from the process's one random stream, so a replica's "
              "noise could not be that of its seed's run alone: run its seeds separately")
-    _require(not (cfg.probes.ics_every or cfg.probes.landscape_every),
+    _require(not step_probes_on(cfg.probes),
              f"{why}; the ICS and landscape probes re-run one model's step on its own: run the seeds separately")
     _require(not cfg.norm.get("sync", False), f"{why} in one process; norm.sync=true is for data-parallel runs")
     _require(cfg.data.name != "imagefolder", f"{why} with the data on the device; data=imagefolder streams "

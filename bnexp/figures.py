@@ -13,6 +13,21 @@ from bnexp.runs import Run
 Stats = list[tuple[int, int, float, float, float, float]]  # (step, runs, mean, std, min, max)
 
 
+def colors(names: list[str]) -> dict:
+    """One colour per variant, in order, the same in every figure of a report."""
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def mean_and_band(ax, stats: Stats, color, label: str) -> None:
+    """A variant's curve: the mean over its seeds as a line, their min-max as a band."""
+    steps = [s[0] for s in stats]
+    ax.plot(steps, [s[2] for s in stats], color=color, label=label)
+    ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=color, alpha=0.2, linewidth=0)
+
+
 def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out: Path, target: float | None = None,
                  steps_to_target: dict[str, float | None] | None = None) -> list[Path]:
     """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1.
@@ -22,20 +37,16 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
-    color = {name: cmap(i % cmap.N) for i, name in enumerate(variants)}
+    color = colors(list(variants))
     means = sorted(s[2] for stats in accuracy.values() for s in stats)
     # Zoom like the paper's Figure 1(a): hide the first few evaluations near chance.
     y_range = (max(0.0, means[len(means) // 10] - 0.05), min(1.0, means[-1] + 0.005))
 
     def accuracy_panel(ax, log_x=False):
         for name, stats in accuracy.items():
-            stats = [s for s in stats if not (log_x and s[0] == 0)]
-            steps = [s[0] for s in stats]
             runs = len(variants[name])
-            ax.plot(steps, [s[2] for s in stats], color=color[name], label=f"{name} ({runs} run{'s' * (runs > 1)})")
-            ax.fill_between(steps, [s[4] for s in stats], [s[5] for s in stats], color=color[name], alpha=0.2,
-                            linewidth=0)
+            mean_and_band(ax, [s for s in stats if not (log_x and s[0] == 0)], color[name],
+                          f"{name} ({runs} run{'s' * (runs > 1)})")
         ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
         ax.set_ylabel("test accuracy")
         if log_x:
@@ -104,18 +115,12 @@ def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("tab10" if len(variant_order) <= 10 else "tab20")
-    color = {name: cmap(i % cmap.N) for i, name in enumerate(variant_order)}
+    color = colors(variant_order)
 
     def panel(ax, tag: str, title: str, log_y: bool) -> None:
         for name in variant_order:
-            rows = stats[tag].get(name)
-            if not rows:
-                continue
-            steps = [r[0] for r in rows]
-            ax.plot(steps, [r[2] for r in rows], color=color[name], label=f"{name} ({max(r[1] for r in rows)} runs)")
-            ax.fill_between(steps, [r[4] for r in rows], [r[5] for r in rows], color=color[name], alpha=0.2,
-                            linewidth=0)
+            if rows := stats[tag].get(name):
+                mean_and_band(ax, rows, color[name], f"{name} ({max(r[1] for r in rows)} runs)")
         if log_y and all(r[4] > 0 for rows in stats[tag].values() for r in rows):
             ax.set_yscale("log")
         ax.set_xscale("log")  # early training, where the nets differ most, gets its share of the axis

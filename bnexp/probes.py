@@ -26,6 +26,18 @@ from torch.func import functional_call
 PERCENTILES = (15, 50, 85)
 
 
+@contextmanager
+def input_hooks(points: dict[str, nn.Module], make_hook):
+    """make_hook(name) sees the input of module points[name] in every forward pass run inside;
+    the hooks exist only there, so training steps pay nothing for them."""
+    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in points.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class PercentileProbe:
     def __init__(self, points: dict[str, nn.Module], unit: int):
         self.points, self.unit = points, unit
@@ -42,12 +54,8 @@ class PercentileProbe:
         """Hooks exist only while recording: training steps pay nothing for the probe."""
         for values in self._values.values():
             values.clear()
-        handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in self.points.items()]
-        try:
+        with input_hooks(self.points, self._hook):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def percentiles(self) -> dict[str, float]:
         q = torch.tensor([p / 100 for p in PERCENTILES])
@@ -126,6 +134,7 @@ class StepProbes:
     Measured in float32, without autocast or compile."""
 
     def __init__(self, cfg: DictConfig, model: nn.Module):
+        """cfg: the probes group (configs/probes); at least one of them on (config.step_probes_on)."""
         self.model, self.ics_every, self.landscape_every = model, int(cfg.ics_every), int(cfg.landscape_every)
         self.etas = [float(e) for e in cfg.landscape_steps]
         self.layers = model.ics_layers() if self.ics_every else {}
@@ -174,13 +183,12 @@ class StepProbes:
     def inputs_of_nonlinearities(self):
         """{layer: the input to its nonlinearity} for the forward passes run inside."""
         found: dict[str, torch.Tensor] = {}
-        handles = [m.register_forward_pre_hook(lambda m, inputs, name=name: found.__setitem__(name, inputs[0].detach()))
-                   for name, m in self.points.items()]
-        try:
+
+        def keep(name: str):
+            return lambda module, inputs: found.__setitem__(name, inputs[0].detach())
+
+        with input_hooks(self.points, keep):
             yield found
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def activation_shift(now: dict[str, torch.Tensor], later: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from bnexp import checkpoint, distributed, models
 from bnexp import data as datasets
-from bnexp.config import EXECUTION_SETTINGS, UserError
+from bnexp.config import EXECUTION_SETTINGS, UserError, step_probes_on
 from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe, StepProbes
 from bnexp.runlog import NullLog, RunLog, flatten
@@ -64,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Summary | list[Summary]:
             checkpoint.set_rng_states(state["rng"])  # every draw after this is the uninterrupted run's
     elif rank == 0:
         checkpoint.remove_all(run_dir)  # resume=never: this run starts over
-    step_probes = StepProbes(cfg.probes, model) if cfg.probes.ics_every or cfg.probes.landscape_every else None
+    step_probes = StepProbes(cfg.probes, model) if step_probes_on(cfg.probes) else None
     runlog = open_runlog(cfg, run_dir, config, model, state, step_probes) if rank == 0 else NullLog()
     where = f"{device}" + (f" x {world} processes" if world > 1 else "")
     if device.type == "cpu":

@@ -58,8 +58,9 @@ def main() -> int:
             cell = cells[lr, phase, net]
             cell["best accuracy (%)"].append(100 * run.summary["best_accuracy"])
             for tag, curve in run.curves.items():
-                values = [v for step, v in curve.items() if first <= step <= last]
-                if tag.startswith(("ics/", "shift/", "landscape/", "train/loss")) and values:
+                if not tag.startswith(("ics/", "shift/", "landscape/", "train/loss")):
+                    continue
+                if values := [v for step, v in curve.items() if first <= step <= last]:
                     cell[tag].append(statistics.median(values))
     command = " ".join(["python scripts/ics_verdict.py", *map(str, args.sweeps), "--out", str(args.out),
                         "--phases", args.phases])
