@@ -19,7 +19,9 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/ics_mnist
 out=results/ics_mnist
 
 if [ "${1:-}" = conv ]; then
-  "$bnexp" train -m experiment=inception,bn_baseline scale=inception_mnist_plateau trainer.max_steps=1500 \
+  # the plateau preset as it was when results/ics_mnist/inception was made: lr decay every 200 steps
+  "$bnexp" train -m experiment=inception,bn_baseline scale=inception_mnist_plateau schedule.decay_steps=200 \
+    trainer.max_steps=1500 \
     trainer.eval_schedule=every trainer.eval_every=250 trainer.seed=0,1 probes.ics_every=50 \
     probes.landscape_every=50 trainer.progress=false hydra.sweep.dir="$sweeps/inception" "${@:2}"
   "$bnexp" report "$sweeps/inception" --baseline inception --out "$out/inception"

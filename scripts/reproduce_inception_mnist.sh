@@ -5,15 +5,21 @@
 # schedule (configs/scale/inception_mnist_plateau.yaml).
 #
 #   bash scripts/reproduce_inception_mnist.sh lr_sweep  # 0) the baseline's base lr, at 1,000 steps (done: 0.01)
-#   bash scripts/reproduce_inception_mnist.sh pilot   # 1) the baseline's length: 3 seeds, plateau table
-#   bash scripts/reproduce_inception_mnist.sh main    # 2) the 21 runs, the plateau table and the report
-#   bash scripts/reproduce_inception_mnist.sh speed   # 3) the speed setting against plain fp32, same seed
+#   bash scripts/reproduce_inception_mnist.sh pilot     # 1) the baseline's length: 3 seeds, plateau table
+#   bash scripts/reproduce_inception_mnist.sh main      # 2) the 21 runs, the plateau table and the report
+#   bash scripts/reproduce_inception_mnist.sh speed     # 3) the speed setting against plain fp32, same seed
+#
+# `main` is `fast`, `failures`, `slow`, then `report`; on 2 cores run them as two one-thread lanes
+# of about equal length, `speed` after `slow` (it needs fast's seed 0):
+#   (bash scripts/reproduce_inception_mnist.sh slow trainer.threads=1
+#    bash scripts/reproduce_inception_mnist.sh speed trainer.threads=1) &
+#   (bash scripts/reproduce_inception_mnist.sh fast trainer.threads=1
+#    bash scripts/reproduce_inception_mnist.sh failures trainer.threads=1) &
+#   wait; bash scripts/reproduce_inception_mnist.sh report
 #
 # Each step is a sweep in its own directory under $BNEXP_RUNS/inception_mnist; run a step again to
 # continue it after an interruption (finished jobs are skipped, stopped ones resume). Arguments
-# after the step go to bnexp train, e.g. parallel jobs (on 2 cores, 2-3 one-thread jobs train
-# about 1.2x faster in all than one two-thread job):
-#   bash scripts/reproduce_inception_mnist.sh main hydra/launcher=joblib hydra.launcher.n_jobs=2
+# after the step go to bnexp train, e.g. `main hydra/launcher=joblib hydra.launcher.n_jobs=2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
@@ -22,27 +28,43 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_mnist
 out=results/inception_mnist
 scale=(scale=inception_mnist_plateau trainer.progress=false)
 
+# BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline (every 13.3 steps): 1,500 steps,
+# lr 0.3% of its start by the end. Inception-x5 and Inception-sigmoid, compared with BN-x5 and
+# BN-x5-Sigmoid, train as long as those.
+fast_steps=1500
+fast() {
+  "$bnexp" train -m experiment=bn_x5,bn_x30,bn_x5_sigmoid "${scale[@]}" trainer.max_steps=$fast_steps \
+    trainer.seed=0,1,2 hydra.sweep.dir="$sweeps/main_fast" "$@"
+}
+failures() {
+  "$bnexp" train -m experiment=inception_x5,inception_sigmoid "${scale[@]}" trainer.max_steps=$fast_steps \
+    trainer.seed=0,1,2 hydra.sweep.dir="$sweeps/main_failures" "$@"
+}
+slow() {  # the baseline's decay (every 80 steps) and length (5,000 steps): the preset's
+  "$bnexp" train -m experiment=inception,bn_baseline "${scale[@]}" trainer.seed=0,1,2 \
+    hydra.sweep.dir="$sweeps/main" "$@"
+}
+report() {
+  "$python" scripts/plateau.py "$sweeps/main" --lengths 2000,3000,4000,5000 --out "$out/plateau.md"
+  "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
+    --targets 0.95,0.98,0.99 --out "$out"
+}
+
 case "${1:-}" in
   lr_sweep)
     "$bnexp" train -m experiment=inception scale=inception_mnist_cpu trainer.progress=false \
       optim.lr=0.005,0.01,0.02,0.05 hydra.sweep.dir="$sweeps/lr_sweep"
     "$bnexp" report "$sweeps/lr_sweep" --targets 0.95,0.98 --out "$out/lr_sweep" ;;
-  pilot)
-    "$bnexp" train -m experiment=inception "${scale[@]}" trainer.max_steps=12000 trainer.seed=0,1,2 \
-      hydra.sweep.dir="$sweeps/pilot" "${@:2}"
+  pilot)  # made with the preset's earlier decay, every 200 steps (pilot.md)
+    "$bnexp" train -m experiment=inception "${scale[@]}" schedule.decay_steps=200 trainer.max_steps=12000 \
+      trainer.eval_first=20 trainer.eval_ratio=1.1 trainer.seed=0,1,2 hydra.sweep.dir="$sweeps/pilot" "${@:2}"
     "$python" scripts/plateau.py "$sweeps/pilot" --lengths 3000,4000,6000,8000,10000,12000 --out "$out/pilot.md" ;;
-  speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside the main study's seeds
-    "$bnexp" train -m experiment=bn_x5 "${scale[@]}" trainer.max_steps=6000 trainer.seed=0 \
+  speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside fast's seeds
+    "$bnexp" train -m experiment=bn_x5 "${scale[@]}" trainer.max_steps=$fast_steps trainer.seed=0 \
       trainer.channels_last=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
     "$python" scripts/same_seed.py "$sweeps/main_fast" "$sweeps/speed" --out "$out/speed.md" ;;
-  main)
-    # BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster (every 33 steps): 6,000 steps, lr below 0.1% of its start
-    "$bnexp" train -m experiment=bn_x5,bn_x30,bn_x5_sigmoid "${scale[@]}" trainer.max_steps=6000 \
-      trainer.seed=0,1,2 hydra.sweep.dir="$sweeps/main_fast" "${@:2}"
-    # The baseline's decay (every 200 steps): the preset's 16,000 steps (the pilot's 12,000 and a third more)
-    "$bnexp" train -m experiment=inception_x5,inception,bn_baseline,inception_sigmoid "${scale[@]}" \
-      trainer.seed=0,1,2 hydra.sweep.dir="$sweeps/main" "${@:2}"
-    "$python" scripts/plateau.py "$sweeps/main" --lengths 4000,8000,12000,16000 --out "$out/plateau.md"
-    "$bnexp" report "$sweeps/main" "$sweeps/main_fast" --baseline inception --targets 0.95,0.98,0.99 --out "$out" ;;
-  *) echo "usage: $0 lr_sweep | pilot | speed | main" >&2; exit 2 ;;
+  fast|failures|slow) "$1" "${@:2}" ;;
+  report) report ;;
+  main) fast "${@:2}"; failures "${@:2}"; slow "${@:2}"; report ;;
+  *) echo "usage: $0 lr_sweep | pilot | main | fast | failures | slow | report | speed" >&2; exit 2 ;;
 esac

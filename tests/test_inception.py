@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from bnexp import data, models, norm
-from bnexp.models.inception import MODULES, Inception
+from bnexp.models.inception import MODULES, Inception, LocalResponseNorm
 from bnexp.train import lr_factor
 
 from conftest import run_dirs, summaries
@@ -92,6 +92,25 @@ def test_bias_dropped_exactly_where_a_norm_follows():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == len(convs)
     without = Inception(1, 10, 28, 0.125, "auto", "relu", 0.0, False, NONE)
     assert all(m.bias is not None for m in without.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 6])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_local_response_norm_equals_torchs(size, channels_last):
+    """Ours computes torch's function another way (a band-matrix convolution): the same values and
+    gradients, for odd and even windows (torch's window is not symmetric for even sizes)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 12, 7, 7, dtype=torch.float64) * 30  # large enough that the denominator matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    kwargs = dict(alpha=1e-3, beta=0.75, k=2.0)
+    ours, theirs = LocalResponseNorm(size, **kwargs)(x), nn.LocalResponseNorm(size, **kwargs)(x)
+    assert (theirs - x).abs().max() > 1e-3  # the normalization is not a no-op here
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0],
+                               rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", PRESETS)
