@@ -45,9 +45,10 @@ PROBED = ("3a", "4c", "5b")  # modules whose last double-3x3 unit is probed (ear
 
 class LocalResponseNorm(nn.Module):
     """nn.LocalResponseNorm's function, y = x / (k + alpha/n * sum of x^2 over n neighbouring channels)^beta,
-    computed as a 1x1 convolution of x^2 with a fixed band matrix and exp/log instead of pow: 4-5x
-    faster than torch's (a 3-D average pool and a fractional pow) on a CPU, where it made half of the
-    Inception baseline's step at the CPU scale. Equal to nn.LocalResponseNorm to float rounding (tested)."""
+    computed as a 1x1 convolution of x^2 with a fixed band matrix and exp/log instead of pow: several
+    times faster than torch's (a 3-D average pool and a fractional pow) on a CPU, where torch's took a
+    third of the Inception baseline's training step at the CPU scale (scripts/bench_norm.py). Equal
+    to nn.LocalResponseNorm to float rounding (tested)."""
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()
