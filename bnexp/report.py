@@ -117,6 +117,10 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "steps_to": {t: mean_std(crossings[t]) for t in fixed_targets},
             "reached": {t: len(crossings[t]) for t in fixed_targets},
             "wall_time_s": mean_std([r.summary["wall_time_s"] for r in runs if r.summary]),
+            # the part of a run's wall time spent evaluating (runs from before eval_time_s have none)
+            "eval_share": mean_std([r.summary["eval_time_s"] / r.summary["wall_time_s"] for r in runs
+                                    if r.summary and r.summary.get("eval_time_s") is not None
+                                    and r.summary["wall_time_s"]]),
             "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == Status.DIVERGED],
         })
     return rows
@@ -136,7 +140,8 @@ def fmt_steps(ms, reached: int, runs: int) -> str:
 def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
     target = rows[0]["target"]
     head = ["variant", "runs", f"steps to {100 * target:.2f}%", "speed-up", "best accuracy", "final accuracy",
-            *(f"steps to {100 * t:g}%" for t in fixed_targets), "wall time / run", "diverged", "unfinished"]
+            *(f"steps to {100 * t:g}%" for t in fixed_targets), "wall time / run (evaluating)", "diverged",
+            "unfinished"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -147,7 +152,8 @@ def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
             fmt_acc(r["best_accuracy"]),
             fmt_acc(r["final_accuracy"]),
             *(fmt_steps(r["steps_to"][t], r["reached"][t], r["runs"]) for t in fixed_targets),
-            "-" if r["wall_time_s"] is None else f"{r['wall_time_s'][0]:.0f} s",
+            ("-" if r["wall_time_s"] is None else f"{r['wall_time_s'][0]:.0f} s")
+            + ("" if r["eval_share"] is None else f" ({100 * r['eval_share'][0]:.0f}%)"),
             str(r["diverged"]) + (f" (at {', '.join(map(str, r['diverged_at']))})" if r["diverged_at"] else ""),
             str(r["unfinished"]),
         ]
@@ -165,7 +171,7 @@ def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
         flat.update(ms("steps_to_target", r["steps_to_target"]), reached_target=r["reached_target"],
                     speedup=r["speedup"])
         flat.update(ms("best_accuracy", r["best_accuracy"]), **ms("final_accuracy", r["final_accuracy"]))
-        flat.update(ms("wall_time_s", r["wall_time_s"]))
+        flat.update(ms("wall_time_s", r["wall_time_s"]), **ms("eval_share", r["eval_share"]))
         for t in fixed_targets:
             flat.update(ms(f"steps_to_{t:g}", r["steps_to"][t]), **{f"reached_{t:g}": r["reached"][t]})
         flat_rows.append(flat)

@@ -13,7 +13,8 @@ from bnexp.summary import first_step_reaching
 from conftest import FAST
 
 
-def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0, data="mnist", extra=None):
+def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10.0, data="mnist", extra=None,
+             eval_time=None):
     """A run directory as bnexp writes it, with a hand-made test/accuracy curve."""
     path = root / name
     path.mkdir(parents=True)
@@ -25,8 +26,8 @@ def make_run(root, name, norm, seed, accuracy: dict, status="completed", wall=10
         for step, acc in accuracy.items():
             w.writerow([step, "test/accuracy", acc])
     if status:
-        (path / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": wall, "diverged_at_step":
-                                                       1234 if status == "diverged" else None}))
+        (path / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": wall, "eval_time_s": eval_time,
+                                                       "diverged_at_step": 1234 if status == "diverged" else None}))
     return path
 
 
@@ -41,8 +42,8 @@ def test_table_arithmetic(tmp_path):
     make_run(tmp_path, "a0", "none", 0, {0: 0.1, 3000: 0.85, 6000: 0.90})
     make_run(tmp_path, "a1", "none", 1, {0: 0.1, 3000: 0.88, 6000: 0.92})
     # BN: reaches 0.91 at 1000 and 2000 -> mean 1500, speed-up 6000 / 1500 = 4.
-    make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96}, wall=20)
-    make_run(tmp_path, "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97}, wall=30)
+    make_run(tmp_path, "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96}, wall=20, eval_time=5)
+    make_run(tmp_path, "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97}, wall=30, eval_time=15)
     variants = report.group_variants([load_run(p) for p in find_run_dirs([tmp_path])])
     assert list(variants) == ["norm=batch", "norm=none"]
     rows = {r["variant"]: r for r in report.summarize(variants, "norm=none", None, [0.95])}
@@ -57,7 +58,10 @@ def test_table_arithmetic(tmp_path):
     assert rows["norm=batch"]["steps_to"][0.95] == (1500, pytest.approx(707.1, abs=0.1))
     assert rows["norm=none"]["steps_to"][0.95] is None
     assert rows["norm=batch"]["wall_time_s"][0] == 25
+    assert rows["norm=batch"]["eval_share"][0] == pytest.approx((5 / 20 + 15 / 30) / 2)  # per run, then mean
+    assert rows["norm=none"]["eval_share"] is None  # summaries without eval_time_s
     table = report.markdown_table(list(rows.values()), [0.95])
+    assert "| 25 s (38%) |" in table
     assert "| norm=none (baseline) | 2 | 6,000 (1/2 runs) | 1.0x |" in table
     assert "| never |" in table
 
