@@ -16,9 +16,8 @@ import argparse
 import time
 
 import torch
-from omegaconf import OmegaConf
-
 from bench_inception import cpu_name
+from omegaconf import OmegaConf
 
 from bnexp import models, norm
 from bnexp.models.inception import LocalResponseNorm
