@@ -30,8 +30,9 @@ def mean_and_band(ax, stats: Stats, color, label: str) -> None:
 
 def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out: Path, target: float | None = None,
                  steps_to_target: dict[str, float | None] | None = None) -> list[Path]:
-    """accuracy.png (linear and log steps) and, where runs carry probes, figure.png shaped like Figure 1.
-    With a target, the log-step panel draws it as a line and marks each variant's mean steps to it."""
+    """accuracy.png (accuracy over steps; error over steps, log-log) and, where runs carry probes,
+    figure.png shaped like Figure 1. With a target, the error panel draws it as a line and marks
+    each variant's mean steps to it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,24 +43,35 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
     # Zoom like the paper's Figure 1(a): hide the first few evaluations near chance.
     y_range = (max(0.0, means[len(means) // 10] - 0.05), min(1.0, means[-1] + 0.005))
 
-    def accuracy_panel(ax, log_x=False):
+    def accuracy_panel(ax):
         for name, stats in accuracy.items():
             runs = len(variants[name])
-            mean_and_band(ax, [s for s in stats if not (log_x and s[0] == 0)], color[name],
-                          f"{name} ({runs} run{'s' * (runs > 1)})")
-        ax.set_xlabel("training steps" + (" (log scale)" if log_x else ""))
+            mean_and_band(ax, stats, color[name], f"{name} ({runs} run{'s' * (runs > 1)})")
+        ax.set_xlabel("training steps")
         ax.set_ylabel("test accuracy")
-        if log_x:
-            ax.set_xscale("log")
-            if target is not None:
-                ax.axhline(target, color="0.3", linestyle=":", linewidth=1)
-                ax.annotate(f"target {100 * target:.2f}%", (0.01, target), xycoords=("axes fraction", "data"),
-                            xytext=(0, 3), textcoords="offset points", fontsize=7, color="0.3")
-            for name, steps_mean in (steps_to_target or {}).items():
-                if steps_mean:
-                    ax.plot([steps_mean], [target], marker="v", markersize=7, color=color[name], zorder=3)
         ax.set_ylim(*y_range)
         ax.grid(alpha=0.3)
+
+    def error_panel(ax):
+        """Test error on log-log axes: early training gets its share of the steps axis, and the last
+        tenths of a point, where converged models differ, their share of the error axis."""
+        for name, stats in accuracy.items():
+            errors = [(step, n, 1 - mean, std, 1 - high, 1 - low) for step, n, mean, std, low, high in stats]
+            mean_and_band(ax, [e for e in errors if e[0] > 0], color[name], name)
+        if target is not None:
+            ax.axhline(1 - target, color="0.3", linestyle=":", linewidth=1)
+            ax.annotate(f"target {100 * target:.2f}%", (0.01, 1 - target), xycoords=("axes fraction", "data"),
+                        xytext=(0, -9), textcoords="offset points", fontsize=7, color="0.3")
+            for name, steps_mean in (steps_to_target or {}).items():
+                if steps_mean:
+                    ax.plot([steps_mean], [1 - target], marker="^", markersize=7, color=color[name], zorder=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training steps (log scale)")
+        ax.set_ylabel("test error (log scale)")
+        lowest = min(1 - s[5] for stats in accuracy.values() for s in stats)
+        ax.set_ylim(max(lowest * 0.8, 1e-4), 1 - y_range[0])
+        ax.grid(alpha=0.3, which="both")
 
     def legend(fig, axes):
         if len(variants) <= 4:
@@ -70,9 +82,9 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     accuracy_panel(axes[0])
-    accuracy_panel(axes[1], log_x=True)
+    error_panel(axes[1])
     legend(fig, axes)
-    fig.suptitle("Test accuracy vs training steps (line: mean over seeds; band: min-max)")
+    fig.suptitle("Test accuracy and error vs training steps (line: mean over seeds; band: min-max)")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
