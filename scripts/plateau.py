@@ -6,6 +6,7 @@ step alone) and reports how much the best accuracy so far, mean over seeds, gain
 quarter, (3N/4, N]. A baseline has plateaued at N when that gain is under --threshold points.
 
     python scripts/plateau.py SWEEP_DIR --lengths 4000,6000,8000,12000 --out results/inception_mnist/pilot.md
+    python scripts/plateau.py SWEEP_DIR --name inception --lengths 4000,8000   # one model of a sweep
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--lengths", required=True, help="candidate run lengths in steps, e.g. 4000,8000")
     parser.add_argument("--threshold", type=float, default=0.1, help="points of accuracy (default 0.1)")
+    parser.add_argument("--name", help="only the runs of this name (the config's `name`, e.g. inception)")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
     args = parser.parse_args(argv)
-    runs = [load_run(p) for p in find_run_dirs([args.sweep])]
+    runs = [run for run in map(load_run, find_run_dirs([args.sweep]))
+            if args.name is None or run.config.get("name") == args.name]
     if not runs:
-        print(f"plateau: error: no runs under {args.sweep}", file=sys.stderr)
+        print(f"plateau: error: no runs{f' named {args.name}' if args.name else ''} under {args.sweep}",
+              file=sys.stderr)
         return 2
     lengths = [int(n) for n in args.lengths.split(",")]
     longest = min(r.accuracy[-1][0] for r in runs)
-    lines = [f"{len(runs)} runs (seeds {', '.join(str(r.seed) for r in runs)}) under {args.sweep}; "
+    lines = [f"{len(runs)} {args.name + ' ' if args.name else ''}runs (seeds {', '.join(str(r.seed) for r in runs)}) under {args.sweep}; "
              f"plateau: best accuracy gains < {args.threshold} points over the last quarter.", "",
              "| length N | best accuracy by 3N/4 | best accuracy by N | gain (points) | plateau |",
              "|---:|---:|---:|---:|---|"]

@@ -50,7 +50,8 @@ slow() {  # the baseline's decay (every 80 steps) and length (8,000 steps): the 
     hydra.sweep.dir="$sweeps/main" "$@"
 }
 report() {
-  "$python" scripts/plateau.py "$sweeps/main" --lengths 2000,4000,5000,6000,7000,8000 --out "$out/plateau.md"
+  "$python" scripts/plateau.py "$sweeps/main" --name inception --lengths 2000,4000,5000,6000,7000,8000 \
+    --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
     --targets 0.95,0.98,0.985,0.99 --out "$out"
 }
