@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lengths = [int(n) for n in args.lengths.split(",")]
     longest = min(r.accuracy[-1][0] for r in runs)
-    lines = [f"{len(runs)} {args.name + ' ' if args.name else ''}runs (seeds {', '.join(str(r.seed) for r in runs)}) under {args.sweep}; "
+    what = f"{args.name} runs" if args.name else "runs"
+    lines = [f"{len(runs)} {what} (seeds {', '.join(str(r.seed) for r in runs)}) under {args.sweep}; "
              f"plateau: best accuracy gains < {args.threshold} points over the last quarter.", "",
              "| length N | best accuracy by 3N/4 | best accuracy by N | gain (points) | plateau |",
              "|---:|---:|---:|---:|---|"]
