@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,13 @@ def directory(run_dir: Path) -> Path:
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, newest first."""
-    return sorted(directory(run_dir).glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]), reverse=True)
+    """The run's checkpoints, newest first (files named otherwise are not bnexp's)."""
+    found = [p for p in directory(run_dir).glob("step_*.pt") if p.stem.split("_", 1)[1].isdigit()]
+    return sorted(found, key=step_of, reverse=True)
+
+
+def step_of(path: Path) -> int:
+    return int(path.stem.split("_", 1)[1])
 
 
 def rng_states() -> dict:
@@ -55,19 +60,21 @@ def set_rng_states(states: dict) -> None:
 
 
 def save(run_dir: Path, step: int, state: dict) -> Path:
-    folder = directory(run_dir)
-    folder.mkdir(exist_ok=True)
-    path = folder / f"step_{step:09d}.pt"
+    path = directory(run_dir) / f"step_{step:09d}.pt"
     tmp = path.with_name(path.name + ".tmp")
     try:
+        path.parent.mkdir(exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save({**state, "step": step, "rng": rng_states()}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        previous = next((p.name for p in checkpoints(run_dir)), "none")
+        try:
+            tmp.unlink(missing_ok=True)
+            previous = next((p.name for p in checkpoints(run_dir)), "none")
+        except OSError:  # no checkpoints folder at all (a file in its place, a vanished run dir)
+            previous = "none"
         raise CheckpointError(f"could not write checkpoint {path} ({e}); the newest good one is {previous}") from e
     for old in checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
@@ -79,20 +86,23 @@ def remove_all(run_dir: Path) -> None:
         path.unlink()
 
 
-def load_latest(run_dir: Path, at_most: int | None = None) -> dict | None:
-    """The newest readable checkpoint (of a step <= at_most, if given), None when the run has none.
-    Its RNG states, under "rng", are the caller's to restore (set_rng_states): loading changes
-    nothing but what it returns."""
+def load_latest(run_dir: Path, at_most: int | None = None, required: tuple[str, ...] = ()) -> dict | None:
+    """The newest readable checkpoint (of a step <= at_most, if given) holding the `required` keys,
+    None when the run has none; its file under "file". Its RNG states, under "rng", are the caller's
+    to restore (set_rng_states): loading changes nothing but what it returns."""
     found = checkpoints(run_dir)
     for path in found:
-        if at_most is not None and int(path.stem.split("_")[1]) > at_most:
+        if at_most is not None and step_of(path) > at_most:
             continue
         try:
             # weights_only=False: the RNG states are numpy and python objects. These files are the
             # run's own, written above; never load a checkpoint from a source you do not trust.
             state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict) or "step" not in state:
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int):
                 raise ValueError("not a bnexp checkpoint")
+            if missing := [key for key in required if key not in state]:
+                raise ValueError(f"it lacks {', '.join(missing)}")
+            state["file"] = str(path)
         except Exception as e:  # torch.load raises many kinds on a truncated or foreign file
             log.warning("checkpoint %s is damaged (%s: %s); trying the one before it", path, type(e).__name__, e)
             continue

@@ -1,16 +1,20 @@
 """bnexp's command line: `bnexp <command> [args]`.
 
-The life of a run, from `bnexp train norm=none` to summary.json:
-  1. main() takes `train` off argv (Hydra cannot sit under a sub-command parser) and calls train().
-  2. Hydra composes configs/config.yaml with the overrides; CheckOutputDir (below, wired in
-     config.yaml's hydra.callbacks) refuses an unusable run dir; Hydra creates it and calls train().
-  3. train(): config.validate(cfg) checks every setting, then train.run(cfg, run_dir):
-  4. run() builds data.build -> models.build (with norm.make) -> SGD, restores a checkpoint if the
-     run dir has one (checkpoint.load_latest, then set_rng_states) and hands them to Trainer.
-  5. Trainer.fit(): evaluate at step 0, train() steps to max_steps, each log window's end
-     (end_window) logging, evaluating and checkpointing; finish() evaluates the last step.
-  6. RunLog.finish writes summary.json (bnexp/summary.py) last, atomically; train() reports it.
-  In a sweep (-m) Hydra calls train() once per job; ListSweepOutcomes (below) lists them at the end.
+The life of a run, from `bnexp train norm=none` to summary.json, each module entered once:
+  1. cli.main() takes `train` off argv (Hydra cannot sit under a sub-command parser) and hands
+     the rest to Hydra, which composes configs/config.yaml with the overrides. CheckOutputDir
+     (below, wired in config.yaml's hydra.callbacks) makes the run dir and locks it (rundir.py)
+     before Hydra writes into it; then Hydra calls train_command().
+  2. train_command(): config.validate(cfg) checks every setting, then train.run(cfg, run_dir).
+  3. train.run(): locks the run's dirs (one per seed with trainer.replicas > 1), leaves ended runs
+     alone, builds (builders.py) the device, data.build, one models.build per seed, the stepper
+     (stepper.py: one module, or R stacked ones) and one RunRecord per run (record.py), restores
+     checkpoints, and hands them to trainer.Trainer.
+  4. Trainer.fit(): evaluates at step 0, then run_steps(): one stepper.step per step for all runs;
+     each log window's end checks divergence, logs, evaluates and checkpoints through the records.
+  5. RunRecord.conclude: the run's last scalars, RunLog.close, then summary.json (summary.py),
+     written last, atomically. train_command() reports each run.
+  In a sweep (-m) Hydra calls train_command() once per job; ListSweepOutcomes (below) lists them.
 """
 
 from __future__ import annotations
@@ -26,12 +30,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-import bnexp
-from bnexp import distributed
-from bnexp.config import EXECUTION_SETTINGS, UserError
-from bnexp.replicas import replica_dir, replica_dirs
+from bnexp import distributed, rundir
+from bnexp.config import config_dir, read_overrides
+from bnexp.errors import RunDirInUse, RunFailed, UserError
 from bnexp.summary import FAILURE, SUMMARY, Status, write_json_atomic
 from bnexp.summary import read as read_summary
 
@@ -60,75 +63,68 @@ Runs go to $BNEXP_RUNS (default ~/bnexp-runs); watch them with: tensorboard --lo
 """
 
 
-def config_dir() -> str:
-    """configs/ ships inside the wheel as bnexp/configs; in a source checkout it sits beside bnexp/."""
-    package = Path(bnexp.__file__).resolve().parent
-    for candidate in (package / "configs", package.parent / "configs"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"bnexp's configs/ not found beside {package}")
-
-
-# configs/config.yaml names sweep job dirs after their overrides, less these (config.EXECUTION_SETTINGS).
-OmegaConf.register_new_resolver("bnexp_execution_settings", lambda *more: sorted(EXECUTION_SETTINGS | set(more)))
-
-
-def compose(overrides: list[str]) -> DictConfig:
-    """The config `bnexp train OVERRIDES` would run, composed in-process (tests, benchmarks)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides))
-
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def train(cfg: DictConfig) -> dict:
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def train_command(cfg: DictConfig) -> dict:
+    """The Hydra task of `bnexp train`: one job, i.e. one config, its runs trained in its run dir."""
     from bnexp.config import validate
     from bnexp.train import run
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    (run_dir / FAILURE).unlink(missing_ok=True)  # from an earlier attempt
     try:
         validate(cfg)
-        result = run(cfg, run_dir)
+        rank, _ = distributed.rank_and_world()
+        with rundir.owned(*[run_dir] * (rank == 0)):  # rank 0 owns the dir for all of a run's processes
+            (run_dir / FAILURE).unlink(missing_ok=True)  # from an earlier attempt
+            results = run(cfg, run_dir)
     except Exception as e:
         if not in_sweep:
-            if isinstance(e, UserError):  # one line; real bugs keep Hydra's traceback
-                print(e, file=sys.stderr)
-                sys.exit(2)
+            if isinstance(e, (UserError, RunFailed)):  # one line; real bugs keep Hydra's traceback
+                print(e if isinstance(e, UserError) else f"bnexp: error: {e}", file=sys.stderr)
+                sys.exit(2 if isinstance(e, UserError) else 1)
             raise
         # In a sweep, one job's failure is recorded and the others go on; the sweep's end lists it.
-        # Its own file: a refused job must not overwrite the summary of the run already in its dir.
-        log.error("failed: %s", e, exc_info=not isinstance(e, UserError))
-        write_json_atomic(run_dir / FAILURE, {"status": Status.FAILED, "error": str(e)})
+        # Its own file: a refused job must not overwrite the summary of the run already in its dir,
+        # and a job refused because another process owns its dir writes nothing there at all.
+        log.error("failed: %s", e, exc_info=not isinstance(e, (UserError, RunFailed)))
+        if not isinstance(e, RunDirInUse):
+            try:
+                write_json_atomic(run_dir / FAILURE, {"status": Status.FAILED, "error": str(e)})
+            except OSError as why:
+                log.error("%s could not be written either (%s)", run_dir / FAILURE, why)
         return {"status": Status.FAILED}
-    # A replicated run (trainer.replicas > 1) is one run per seed, in run_dir/seed_<seed>.
-    runs = ([(replica_dir(run_dir, cfg.trainer.seed + i), s) for i, s in enumerate(result)]
-            if isinstance(result, list) else [(run_dir, result)])
-    for path, summary in runs:
+    for path, summary in results.items():
         outcome = str(summary["status"])
         if summary["diverged_at_step"] is not None:
             outcome += f" at step {summary['diverged_at_step']}"
         log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
                  summary["best_step"], summary["final_accuracy"], path)
-    statuses = [summary["status"] for _, summary in runs]
+    statuses = [summary["status"] for summary in results.values()]
     if Status.FAILED in statuses and not in_sweep:  # a sweep lists it at its end
+        failed = next(s for s in results.values() if s["status"] == Status.FAILED)
+        print(f"bnexp: error: {failed.get('error', 'the run failed')}", file=sys.stderr)
         sys.exit(1)
     if Status.INTERRUPTED in statuses:
         # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
-        stopped = next(summary for _, summary in runs if summary["status"] == Status.INTERRUPTED)
+        stopped = next(summary for summary in results.values() if summary["status"] == Status.INTERRUPTED)
         sys.exit(128 + signal.Signals[stopped.get("stopped_by", "SIGINT")].value)
-    return result
+    return {str(path): summary for path, summary in results.items()}
 
 
 class CheckOutputDir(Callback):
     """Before Hydra creates the run (or sweep) dir: make sure it can be created and written, and
-    say why in one line if not. Hydra turns exceptions in callbacks into warnings, so this exits."""
+    say why in one line if not; a single run's dir is locked for this process before Hydra writes
+    into it (a sweep's jobs lock their own, in train_command). Hydra turns exceptions in callbacks
+    into warnings, so this exits."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self.check(config.hydra.run.dir)
+        if distributed.rank_and_world()[0] == 0:
+            try:
+                rundir.acquire(Path(config.hydra.run.dir))  # held until the process ends
+            except RunDirInUse as e:
+                print(e, file=sys.stderr)
+                sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.check(config.hydra.sweep.dir)
@@ -153,7 +149,7 @@ class ListSweepOutcomes(Callback):
         outcomes = {}
         for hydra_dir in sorted(sweep.rglob(".hydra")):
             job = hydra_dir.parent
-            if replica_dirs(job):
+            if rundir.replica_dirs(job):
                 continue  # a replicated job: its replicas' dirs are listed, each with its own .hydra
             outcomes[job.relative_to(sweep)] = (read_summary(job / FAILURE) or read_summary(job / SUMMARY)
                                                 or {"status": "no summary", "error": f"see {job / 'train.log'}"})
@@ -173,16 +169,14 @@ class ListSweepOutcomes(Callback):
 
 def resume_arguments(args: list[str]) -> list[str]:
     """`bnexp resume RUN_DIR [overrides]` = `bnexp train <the run's own overrides> hydra.run.dir=RUN_DIR`."""
-    from omegaconf import OmegaConf
-
     if not args:
-        raise ValueError("usage: bnexp resume RUN_DIR [overrides]")
+        raise UserError("usage: bnexp resume RUN_DIR [overrides]")
     run_dir = Path(args[0])
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():
-        raise ValueError(f"{run_dir} is not a bnexp run dir (no .hydra/overrides.yaml)")
+        raise UserError(f"{run_dir} is not a bnexp run dir (no .hydra/overrides.yaml)")
     quoted = str(run_dir.resolve()).replace("\\", "\\\\").replace("'", "\\'")
-    return [*OmegaConf.load(overrides), f"hydra.run.dir='{quoted}'", *args[1:]]
+    return [*read_overrides(overrides), f"hydra.run.dir='{quoted}'", *args[1:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         command, rest = "train", argv
     if command in ("train", "resume"):
         rank, world = distributed.rank_and_world()
-        if world > 1:  # under torchrun: one process per device, one run dir, rank 0 writes
+        data_parallel = world > 1  # under torchrun: one process per device, one run dir, rank 0 writes
+        if data_parallel:
             if "-m" in rest or "--multirun" in rest:
                 print(UserError("a sweep (-m) cannot run under torchrun; run each job with torchrun, or "
                                 "sweep with one process per job"), file=sys.stderr)
@@ -210,14 +205,15 @@ def main(argv: list[str] | None = None) -> int:
         if command == "resume":
             try:
                 rest = resume_arguments(rest)
-            except ValueError as e:
-                print(UserError(str(e)), file=sys.stderr)
+            except UserError as e:
+                print(e, file=sys.stderr)
                 return 2
         sys.argv = [sys.argv[0], *rest]
         try:
-            train()
+            train_command()
         finally:
-            distributed.stop()
+            if data_parallel:
+                distributed.stop()
         return 0
     if command == "finalize":
         from bnexp.finalize import main as finalize

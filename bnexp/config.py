@@ -1,9 +1,11 @@
-"""Configuration checks: the one place where bad input becomes one clear error line.
+"""The config: where it lives, how it is composed, and the one place where bad input becomes one
+clear error line.
 
 `validate(cfg)` runs before any data is loaded. Every setting in the composed config has a rule
 here (its type and range); a setting without one, such as `+trainer.typo=1`, is refused rather
 than silently ignored. Rules that span settings (batch sizes and the norm, the model's shapes)
 follow, the model itself checked by building it on the meta device: no memory, no compute.
+Validation imports data and models for that check; they import nothing of this module.
 """
 
 from __future__ import annotations
@@ -11,28 +13,91 @@ from __future__ import annotations
 import math
 import os
 import re
+from pathlib import Path
 
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-# Settings that change how a run executes but not what it computes. Runs that differ only in
-# these (and the seed) are seeds of one variant in `bnexp report`; a run may be resumed with
-# them changed; sweep dirs are not named after them (configs/config.yaml).
-EXECUTION_SETTINGS = frozenset({
-    "runs_root", "data.root", "data.download", "data.workers",
-    "trainer.device", "trainer.threads", "trainer.progress", "trainer.eval_batch_size", "trainer.checkpoint_every",
-    "trainer.resume", "trainer.deterministic", "trainer.channels_last", "trainer.compile", "trainer.replicas",
-    # The ICS and landscape probes observe a run without changing its trajectory (bnexp/probes.py).
-    "probes.ics_every", "probes.landscape_every", "probes.landscape_steps",
-})
+from bnexp.errors import UserError, first_line
 
 
-class UserError(CompactHydraException):
-    """A mistake in the user's input: reported as one line, `bnexp: error: <message>`, no traceback."""
+def config_dir() -> Path:
+    """configs/ ships inside the wheel as bnexp/configs; in a source checkout it sits beside bnexp/."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"bnexp's configs/ not found beside {package}")
 
-    def __init__(self, message: str):
-        super().__init__(f"bnexp: error: {message}")
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The config `bnexp train OVERRIDES` would run, composed in-process (tests, benchmarks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+# Settings that change how a run executes but not what it computes: runs that differ only in these
+# (and the seed) are seeds of one variant in `bnexp report`, a run may be resumed with them changed,
+# and sweep dirs are not named after them. Defined once, in configs/config.yaml, where Hydra names
+# the sweep dirs (`scale` is excluded there too: a preset's name, not a setting).
+EXECUTION_SETTINGS = frozenset(
+    OmegaConf.load(config_dir() / "config.yaml").hydra.job.config.override_dirname.exclude_keys) - {"scale"}
+
+# trainer.targets and `bnexp report --targets`: accuracies a run can reach.
+TARGET_BOUNDS = "(0, 1]"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists and None become strings (HParams types)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """A run dir's config.yaml, or one line saying why it cannot be read (missing, not YAML, not a mapping)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a bnexp run dir (no config.yaml)") from None
+    except Exception as e:  # OSError, YAML's many errors
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {first_line(e)})") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"{path} is not a bnexp config (not a mapping of settings)")
+    return cfg
+
+
+def read_overrides(path: Path) -> list[str]:
+    """A run dir's .hydra/overrides.yaml (what `bnexp resume` repeats), or one line saying why not."""
+    try:
+        overrides = OmegaConf.load(path)
+    except Exception as e:  # OSError, YAML's many errors
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {first_line(e)})") from None
+    if not isinstance(overrides, ListConfig) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"{path} is not a list of overrides")
+    return list(overrides)
+
+
+def accuracy_targets(text: str) -> list[float]:
+    """`bnexp report --targets 0.97,0.98`: the rule trainer.targets follows, for the command line."""
+    try:
+        targets = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        targets = None
+    if targets is None or not all(_is_number(t) and _within(t, TARGET_BOUNDS) for t in targets):
+        raise UserError(f"accuracies must be numbers in {TARGET_BOUNDS} separated by commas, got {text!r}")
+    return targets
 
 
 def validate(cfg: DictConfig) -> None:
@@ -303,7 +368,7 @@ def _trainer(c: Checks) -> None:
     c.whole("trainer.seed", "[0, 4294967295]")
     c.choice("trainer.device", ("auto", "cpu", "cuda"))
     c.choice("trainer.progress", ("auto", True, False))
-    c.numbers("trainer.targets", "(0, 1]", empty=True)
+    c.numbers("trainer.targets", TARGET_BOUNDS, empty=True)
     c.whole("trainer.probe_unit", ">= 0")
     for flag in ("eval_batchstats", "amp", "channels_last", "compile", "deterministic"):
         c.flag(f"trainer.{flag}")

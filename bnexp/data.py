@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from omegaconf import DictConfig
 
-from bnexp.config import UserError
+from bnexp.errors import RunFailed, UserError
 from bnexp.mnist import load_mnist
 
 
@@ -121,8 +121,8 @@ class FolderData:
                               T.RandomHorizontalFlip(), *jitter, T.ToTensor(), normalize])
         eval_tf = T.Compose([T.Resize(round(cfg.size * 256 / 224)), T.CenterCrop(cfg.size), T.ToTensor(), normalize])
         try:
-            self.train = tvd.ImageFolder(str(root / "train"), train_tf)
-            self.val = tvd.ImageFolder(str(root / "val"), eval_tf)
+            self.train = tvd.ImageFolder(str(root / "train"), train_tf, loader=load_image)
+            self.val = tvd.ImageFolder(str(root / "val"), eval_tf, loader=load_image)
         except (FileNotFoundError, OSError) as e:
             raise UserError(f"cannot read the image folders under {root}: {e}") from None
         if self.train.classes != self.val.classes:
@@ -152,12 +152,42 @@ class FolderData:
             for _ in range(i):  # a run resumed mid-epoch continues where it stopped
                 next(self._batches)
             self._epoch = epoch
-        x, y = (own_shard(t, self.rank, self.world) for t in next(self._batches))
+        with unreadable_images_fail_the_run():
+            x, y = (own_shard(t, self.rank, self.world) for t in next(self._batches))
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self._loader(self.val, self.trainer.eval_batch_size, False):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with unreadable_images_fail_the_run():
+            for x, y in self._loader(self.val, self.trainer.eval_batch_size, False):
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class UnreadableImage(Exception):
+    """An image file of data=imagefolder that PIL cannot decode (truncated, not an image, ...)."""
+
+
+def load_image(path: str):
+    """torchvision's PIL loader, with the file named when it fails. Not skipped: a run that silently
+    left out examples would not be comparable with one that did not; fix or remove the file, then
+    resume the run (its checkpoint is written where it stopped)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's kinds for truncated and foreign files
+        raise UnreadableImage(f"cannot read image {path} ({type(e).__name__}: {e})") from None
+
+
+@contextlib.contextmanager
+def unreadable_images_fail_the_run():
+    """UnreadableImage, raised in a DataLoader worker, arrives here wrapped in the worker's traceback:
+    the run fails with its one line."""
+    try:
+        yield
+    except UnreadableImage as e:
+        last = (str(e).strip().splitlines() or [""])[-1]
+        raise RunFailed(last.split("UnreadableImage: ", 1)[-1]) from None
 
 
 def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 1)) -> BatchSource:

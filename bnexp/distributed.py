@@ -3,16 +3,14 @@
 torchrun sets RANK, LOCAL_RANK and WORLD_SIZE. Every process runs the same `bnexp train`
 command; they agree on one run dir (rank 0's time stamp) before Hydra names it, each trains on
 its own part of every global batch, DistributedDataParallel averages the gradients, and only
-rank 0 writes logs, checkpoints and the summary.
+rank 0 writes logs, checkpoints and the summary. Torch is imported where a process group is used,
+so that reading the rank (the CLI, before it knows whether it trains) costs nothing.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import datetime
-
-import torch
-import torch.distributed as dist
 
 STAMP = "BNEXP_RUN_STAMP"  # configs/config.yaml names the run dir after it when set
 
@@ -27,6 +25,9 @@ def local_rank() -> int:
 
 def start() -> None:
     """Join the process group (gloo carries CPU tensors, NCCL CUDA ones) and share rank 0's time stamp."""
+    import torch
+    import torch.distributed as dist
+
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
@@ -36,12 +37,17 @@ def start() -> None:
 
 
 def stop() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def any_process(flags: list[bool], device: torch.device) -> list[bool]:
+def any_process(flags: list[bool], device) -> list[bool]:
     """Each flag, true if it is true in any process: all processes take the same branch."""
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return flags
     t = torch.tensor([float(f) for f in flags], device=device)
@@ -49,8 +55,10 @@ def any_process(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def mean_over_processes(t: torch.Tensor) -> torch.Tensor:
-    """The mean of `t` over all processes (each holds the value for its part of the global batch)."""
+def mean_over_processes(t):
+    """The mean of tensor `t` over all processes (each holds the value for its part of the global batch)."""
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return t
     t = t.clone()

@@ -15,9 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from bnexp.config import UserError
+from bnexp.config import load_run_config
+from bnexp.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,37 +36,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def finalize(run_dir: Path, batches: int) -> dict:
-    from bnexp import checkpoint, models
+    from bnexp import checkpoint, models, rundir
     from bnexp import data as datasets
+    from bnexp.builders import pick_device
+    from bnexp.evaluation import test_metrics
     from bnexp.norm import finalize_population, population_layers
     from bnexp.summary import write_json_atomic
-    from bnexp.train import pick_device, test_metrics
 
     if batches < 1:
         raise UserError(f"--batches must be >= 1, got {batches}")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a bnexp run dir (no config.yaml)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    state = checkpoint.load_latest(run_dir)
-    if state is None:
-        raise UserError(f"{run_dir} has no checkpoint to finalize")
-    device = pick_device(cfg.trainer.device)
-    data = datasets.build(cfg.data, cfg.trainer, device)
-    model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
-    model.load_state_dict(state["model"])
-    if not population_layers(model):
-        raise UserError(f"norm={cfg.norm.name} has no BN population statistics to finalize "
-                        "(batch, batch_paper and ghost have)")
-    moving = test_metrics(model, data)
-    step = state["step"]
-    used = finalize_population(model, (data.next_batch(step + i)[0] for i in range(batches)))
-    population = test_metrics(model, data)
-    result = {
-        "checkpoint_step": step,
-        "batches": used,
-        "examples": used * cfg.trainer.batch_size,
-        "moving_average": {"accuracy": moving[0], "loss": moving[1]},
-        "population": {"accuracy": population[0], "loss": population[1]},
-    }
-    write_json_atomic(run_dir / "finalized.json", result)
+    cfg = load_run_config(run_dir)
+    with rundir.owned(run_dir):  # not while a run trains into it
+        state = checkpoint.load_latest(run_dir)
+        if state is None:
+            raise UserError(f"{run_dir} has no checkpoint to finalize")
+        device = pick_device(cfg.trainer.device)
+        data = datasets.build(cfg.data, cfg.trainer, device)
+        model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
+        model.load_state_dict(state["model"])
+        if not population_layers(model):
+            raise UserError(f"norm={cfg.norm.name} has no BN population statistics to finalize "
+                            "(batch, batch_paper and ghost have)")
+        moving = test_metrics(model, data)
+        step = state["step"]
+        used = finalize_population(model, (data.next_batch(step + i)[0] for i in range(batches)))
+        population = test_metrics(model, data)
+        result = {
+            "checkpoint_step": step,
+            "batches": used,
+            "examples": used * cfg.trainer.batch_size,
+            "moving_average": {"accuracy": moving[0], "loss": moving[1]},
+            "population": {"accuracy": population[0], "loss": population[1]},
+        }
+        write_json_atomic(run_dir / "finalized.json", result)
     return result

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 NormBuilder = Callable[[int, str], "nn.Module | None"]
 

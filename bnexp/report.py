@@ -16,7 +16,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from bnexp.config import EXECUTION_SETTINGS
+from bnexp.config import EXECUTION_SETTINGS, accuracy_targets
+from bnexp.errors import UserError
 from bnexp.figures import plot_figures, plot_step_probes
 from bnexp.runs import Run, find_run_dirs, load_run
 from bnexp.summary import ENDED, Status, first_step_reaching
@@ -264,23 +265,36 @@ def pick_baseline(variants: dict[str, list[Run]], wanted: str | None) -> str:
     return without_norm[0] if len(without_norm) == 1 else next(iter(variants))
 
 
+def accuracies_argument(text: str) -> list[float]:
+    """--targets: accuracies by the rule trainer.targets follows (config.accuracy_targets)."""
+    try:
+        return accuracy_targets(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("bnexp: error: ")) from None
+
+
+def accuracy_argument(text: str) -> float:
+    """--target: one accuracy, by the same rule."""
+    targets = accuracies_argument(text)
+    if len(targets) != 1:
+        raise argparse.ArgumentTypeError(f"--target takes one accuracy, got {text!r}")
+    return targets[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bnexp report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweeps, or folders of them")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--target", type=float, help="accuracy to reach (default: the baseline's best, mean over seeds)")
+    which.add_argument("--target", type=accuracy_argument,
+                       help="accuracy to reach (default: the baseline's best, mean over seeds)")
     which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
-    parser.add_argument("--targets", default="", help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
+    parser.add_argument("--targets", type=accuracies_argument, default=[],
+                        help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
     parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures, "
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
     args = parser.parse_args(argv)
-    if args.target is not None and not 0 < args.target <= 1:
-        parser.error(f"--target is an accuracy in (0, 1], got {args.target}")
-    try:
-        fixed_targets = [float(t) for t in args.targets.split(",") if t.strip()]
-    except ValueError:
-        parser.error(f"--targets takes accuracies separated by commas, got {args.targets!r}")
+    fixed_targets = args.targets
 
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:

@@ -8,12 +8,27 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 from pathlib import Path
 
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from bnexp.errors import UserError
 from bnexp.summary import SUMMARY, Summary, write_json_atomic
+
+
+def _quiet_writer_faults(args) -> None:
+    """TensorBoard writes events from a thread of its own; when a write fails there (a full disk, a
+    vanished run dir), the writer raises the same error in the run's own next write, where the run
+    ends failed with it. Its thread's traceback would report it a second time, as a crash."""
+    if not (isinstance(args.thread, _AsyncWriterThread) and issubclass(args.exc_type, OSError)):
+        _default_excepthook(args)
+
+
+_default_excepthook = threading.excepthook
+threading.excepthook = _quiet_writer_faults
 
 # The metrics the HParams tab shows beside each run's hyper-parameters.
 HPARAM_METRICS = ("test/accuracy", "test/error", "train/loss", "summary/best_accuracy", "summary/final_accuracy")
@@ -54,7 +69,8 @@ class RunLog:
             self.tb.add_scalar(tag, value, step)
             self._csv.writerow([step, tag, repr(float(value))])
 
-    def finish(self, summary: Summary) -> None:
+    def close(self, summary: Summary) -> None:
+        """The logs closed, then summary.json written: the run has ended (or stopped)."""
         self.tb.close()
         self._csv_file.close()
         write_json_atomic(self.dir / SUMMARY, summary)
@@ -66,17 +82,35 @@ class NullLog:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         pass
 
-    def finish(self, summary: Summary) -> None:
+    def close(self, summary: Summary) -> None:
         pass
 
 
 def kept_rows(path: Path, last_step: int) -> list[list[str]]:
-    """metrics.csv's rows up to and including `last_step` (those a checkpoint at that step accounts for)."""
+    """metrics.csv's rows up to and including `last_step` (those a checkpoint at that step accounts
+    for). A process killed mid-write can leave a partial last line: it is dropped. A damaged line
+    before it is refused (one line, naming it), rather than silently losing rows."""
     if not path.exists():
         return []
-    with open(path, newline="") as f:
-        # len 3: a process killed mid-write can leave a partial last line
-        return [row for row in csv.reader(f) if len(row) == 3 and row[0] != "step" and int(row[0]) <= last_step]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); move it away to resume without it") from None
+    kept = []
+    for number, row in enumerate(rows[1:], start=2):
+        try:
+            step, _, value = row
+            step = int(step)
+            float(value)
+        except ValueError:
+            if number == len(rows):
+                break
+            raise UserError(f"{path} line {number} is damaged ({','.join(row)[:60]!r}); "
+                            "move the file away to resume without its rows") from None
+        if step <= last_step:
+            kept.append(row)
+    return kept
 
 
 def dashboard_layout(probe_layers: list[str], ics_layers: list[str] = (), landscape: bool = False) -> dict:
@@ -108,17 +142,3 @@ def dashboard_layout(probe_layers: list[str], ics_layers: list[str] = (), landsc
         layout["bnexp: loss landscape along the gradient (Santurkar et al.)"] = {
             what: ["Multiline", [f"^landscape/{what}$"]] for what in ("loss_range", "grad_change", "beta_smoothness")}
     return layout
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists and None become strings (HParams types)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bnexp.runlog import flatten
+from bnexp.config import flatten
 from bnexp.summary import SUMMARY, Summary
 from bnexp.summary import read as read_summary
 

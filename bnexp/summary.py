@@ -85,11 +85,13 @@ def provenance() -> dict:
 
 
 def read(path: Path) -> dict | None:
-    """A summary.json or failure.json; None when it is absent or unreadable (a run that has not ended)."""
+    """A summary.json or failure.json; None when it is absent or unreadable (a run that has not ended):
+    not JSON (truncated), or not an object with a status."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) and isinstance(data.get("status"), str) else None
 
 
 def ended(run_dir: Path) -> Summary | None:

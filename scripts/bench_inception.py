@@ -19,15 +19,17 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import torch
 from bench_trainer import compare
 
 from bnexp import data as datasets
 from bnexp import models
-from bnexp.cli import compose
+from bnexp.builders import pick_device
+from bnexp.config import compose
+from bnexp.record import RunRecord
 from bnexp.runlog import NullLog
-from bnexp.train import Trainer, pick_device
 
 SETTINGS = {
     "plain": [],
@@ -41,18 +43,22 @@ SCALED = ["experiment=bn_x5", "scale=inception_mnist_cpu", "trainer.log_every=25
 
 
 def evaluation_images_per_s(overrides: list[str], repeats: int) -> float:
-    """bnexp's evaluation of the whole test set (Trainer.evaluate), best of `repeats` after a warm-up."""
+    """bnexp's evaluation of the whole test set (a run's RunRecord.evaluate: layout, autocast, the
+    percentile probe), best of `repeats` after a warm-up."""
     cfg = compose(overrides)
     device = pick_device(cfg.trainer.device)
     torch.manual_seed(cfg.trainer.seed)
     data = datasets.build(cfg.data, cfg.trainer, device)
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device)
-    trainer = Trainer(cfg.trainer, model, data, optimizer=None, lr_at=None, runlog=NullLog())
-    trainer.evaluate()  # warm-up: allocator, kernels
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)  # as the run's stepper puts it
+    record = RunRecord(cfg.trainer, Path("."), model, optimizer=None, data=data, runlog=NullLog(),
+                       writes_checkpoints=False)
+    record.evaluate(0)  # warm-up: allocator, kernels
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        trainer.evaluate()
+        record.evaluate(0)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bnexp.cli import compose
+from bnexp.config import compose
 from bnexp.runs import load_run
 from bnexp.train import run
 
@@ -62,15 +62,13 @@ def flops_per_step(cfg) -> float:
     return 6 * weights * cfg.trainer.batch_size
 
 
-def train(overrides: list[str], root: Path) -> tuple[float, list[Path]]:
+def timed_run(overrides: list[str], root: Path) -> tuple[float, list[Path]]:
     """(wall seconds, run dirs) of one bnexp run in-process."""
     cfg = compose(overrides)
     run_dir = Path(tempfile.mkdtemp(dir=root))
     start = time.perf_counter()
-    run(cfg, run_dir)
-    seconds = time.perf_counter() - start
-    dirs = sorted(run_dir.glob("seed_*")) or [run_dir]
-    return seconds, dirs
+    dirs = list(run(cfg, run_dir))
+    return time.perf_counter() - start, dirs
 
 
 def training_rate(run_dir: Path) -> float:
@@ -95,21 +93,21 @@ def main() -> None:
     for norm in ("batch", "none"):
         net = [*common, f"norm={norm}", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}"]
         flops = flops_per_step(compose(net))
-        alone = training_rate(train(net, root)[1][0])  # a run alone: the normal path, not compiled
+        alone = training_rate(timed_run(net, root)[1][0])  # a run alone: the normal path, not compiled
         print(f"norm={norm:5s} one run alone: {alone:7.0f} steps/s  {100 * alone * flops / peak:5.1f}% of the "
               "arithmetic limit")
         for compiled in (False, True):
             for r in (int(x) for x in args.replicas.split(",")):
-                _, dirs = train([*net, f"trainer.replicas={r}", f"trainer.compile={compiled}"], root)
+                _, dirs = timed_run([*net, f"trainer.replicas={r}", f"trainer.compile={compiled}"], root)
                 rate = r * training_rate(dirs[0])
                 print(f"norm={norm:5s} R={r:3d} {'compiled' if compiled else 'eager   '}: {rate:7.0f} replica-steps/s  "
                       f"x{rate / alone:.2f} over one run at a time  {100 * rate * flops / peak:5.1f}% of the "
                       "arithmetic limit")
     if args.protocol_steps:
         protocol = [*common, f"trainer.max_steps={args.protocol_steps}", "trainer.eval_every=500"]
-        one_at_a_time = sum(train([*protocol, f"norm={norm}", f"trainer.seed={seed}"], root)[0]
+        one_at_a_time = sum(timed_run([*protocol, f"norm={norm}", f"trainer.seed={seed}"], root)[0]
                             for norm in ("none", "batch") for seed in range(5))
-        together = sum(train([*protocol, f"norm={norm}", "trainer.replicas=5", "trainer.compile=true"], root)[0]
+        together = sum(timed_run([*protocol, f"norm={norm}", "trainer.replicas=5", "trainer.compile=true"], root)[0]
                        for norm in ("none", "batch"))
         print(f"Figure 1 protocol (2 nets x 5 seeds x {args.protocol_steps} steps, evaluation every 500): "
               f"one run at a time {one_at_a_time:.0f} s, replicated (R=5, compiled) {together:.0f} s, "

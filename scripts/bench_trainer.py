@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from bnexp import data as datasets
 from bnexp import models
-from bnexp.cli import compose
-from bnexp.train import pick_device, run
+from bnexp.builders import pick_device
+from bnexp.config import compose
+from bnexp.train import run
 
 
 def bare_loop(cfg, steps: int) -> float:
@@ -61,7 +62,7 @@ def bnexp_trainer(cfg, steps: int, training_only: bool = False) -> float:
     """Steps/s of a whole bnexp run (evaluations included), or of its training steps alone, from
     the perf/steps_per_s it logs for every log window (which excludes evaluation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        summary = run(cfg, Path(tmp))
+        [summary] = run(cfg, Path(tmp)).values()
         if not training_only:
             return summary["steps_per_s"]
         rows = [line.split(",") for line in (Path(tmp) / "metrics.csv").read_text().splitlines()[1:]]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bnexp import cli
+from bnexp import config
 
 BNEXP = shutil.which("bnexp", path=str(Path(sys.executable).parent)) or shutil.which("bnexp")
 
@@ -24,7 +24,7 @@ FAST = ["data=synthetic", "trainer.max_steps=200", "trainer.eval_every=100", "tr
 @pytest.fixture
 def compose():
     """compose(*overrides): the config `bnexp train OVERRIDES` would run, composed in-process."""
-    return lambda *overrides: cli.compose(list(overrides))
+    return lambda *overrides: config.compose(list(overrides))
 
 
 @pytest.fixture
@@ -45,6 +45,12 @@ def bnexp(runs_root, tmp_path):
                               cwd=tmp_path, timeout=timeout)
 
     return call
+
+
+def only(results: dict) -> dict:
+    """The summary of the one run that train.run trained ({run dir: summary})."""
+    [summary] = results.values()
+    return summary
 
 
 def run_dirs(root: Path) -> list[Path]:

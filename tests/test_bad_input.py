@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bnexp.config import UserError, validate
+from bnexp.config import validate
+from bnexp.errors import UserError
 
 from conftest import FAST, summaries
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from torchvision.datasets import MNIST
 
 from bnexp import data, mnist
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 
 def make_wheel(path, n_train=30, n_test=20, seed=0):

@@ -1,6 +1,7 @@
 """Data-parallel runs on CPU (gloo, 2 processes): SyncBatchNorm over the global batch, and a
 torchrun run that equals one process with the same global batch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,15 @@ def test_a_finished_torchrun_run_is_not_run_again(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     again = train(tmp_path, "run", 2, *overrides)  # a requeued job: every process sees the finished run
     assert again.returncode == 0 and "already completed" in again.stdout + again.stderr
+
+
+def test_a_checkpoint_that_rank_0_cannot_write_stops_every_process(tmp_path):
+    """Rank 0 alone writes: when its checkpoint fails, the other process must not wait for it forever."""
+    run_dir = tmp_path / "blocked"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder should be")
+    done = train(tmp_path, "blocked", 2, "trainer.checkpoint_every=50")
+    assert done.returncode != 0
+    assert "could not write checkpoint" in done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 50 and "could not write checkpoint" in summary["error"]

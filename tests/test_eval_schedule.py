@@ -8,8 +8,12 @@ import signal
 import pytest
 from omegaconf import OmegaConf
 
+from bnexp.builders import evaluation_steps
 from bnexp.summary import first_step_reaching
-from bnexp.train import Trainer, evaluation_steps, run
+from bnexp.train import run
+from bnexp.trainer import Trainer
+
+from conftest import only
 
 
 def schedule(**trainer):
@@ -57,7 +61,7 @@ def test_a_run_evaluates_on_its_schedule_and_a_resumed_run_on_the_same_steps(tmp
     cfg = compose(*GEOMETRIC)
     (tmp_path / "whole").mkdir()
     (tmp_path / "resumed").mkdir()
-    summary = run(cfg, tmp_path / "whole")
+    [summary] = run(cfg, tmp_path / "whole").values()
     whole = read_metrics(tmp_path / "whole")
     evaluated = sorted(s for s, tag, _ in whole if tag == "test/accuracy")
     assert evaluated == sorted(evaluation_steps(cfg.trainer))
@@ -72,7 +76,7 @@ def test_a_run_evaluates_on_its_schedule_and_a_resumed_run_on_the_same_steps(tmp
         return end_window(self, *window_and_lr)
 
     monkeypatch.setattr(Trainer, "end_window", stop_at_150)
-    assert run(cfg, tmp_path / "resumed")["status"] == "interrupted"
+    assert only(run(cfg, tmp_path / "resumed"))["status"] == "interrupted"
     monkeypatch.undo()
-    assert run(cfg, tmp_path / "resumed")["status"] == "completed"
+    assert only(run(cfg, tmp_path / "resumed"))["status"] == "completed"
     assert read_metrics(tmp_path / "resumed") == whole

@@ -10,8 +10,8 @@ from PIL import Image
 from torch import nn
 
 from bnexp import data, models, norm
+from bnexp.builders import lr_factor
 from bnexp.models.inception import MODULES, Inception, LocalResponseNorm
-from bnexp.train import lr_factor
 
 from conftest import run_dirs, summaries
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp import models, norm
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 CFG = {
     "batch": {"eps": 1e-5, "momentum": 0.1},
@@ -180,8 +180,8 @@ def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog, compose):
 
     cfg = compose("data=synthetic", "norm=batch_paper", "norm.inference=population", "norm.population_batches=5",
                   "trainer.max_steps=30", "trainer.eval_every=10", "trainer.progress=false")
-    with caplog.at_level("INFO", logger="bnexp.train"):
-        summary = run(cfg, tmp_path)
+    with caplog.at_level("INFO", logger="bnexp.record"):
+        [summary] = run(cfg, tmp_path).values()
     assert summary["status"] == "completed" and summary["final_step"] == 30
     assert caplog.text.count("population statistics over 5 training batches") == 1  # once, at the end
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnexp import checkpoint
-from bnexp.config import UserError, validate
+from bnexp.config import validate
+from bnexp.errors import UserError
 from bnexp.models.mlp import MLP
 from bnexp.norm import NoisyBatchNorm
 from bnexp.probes import StepProbes, landscape
@@ -140,8 +141,9 @@ def test_probes_leave_the_trajectory_bitwise_unchanged(compose, tmp_path, case):
     every = "5" if "model=inception" in case else "20"
     (tmp_path / "off").mkdir()
     (tmp_path / "on").mkdir()
-    off = run(compose(*overrides), tmp_path / "off")
-    on = run(compose(*overrides, f"probes.ics_every={every}", f"probes.landscape_every={every}"), tmp_path / "on")
+    [off] = run(compose(*overrides), tmp_path / "off").values()
+    [on] = run(compose(*overrides, f"probes.ics_every={every}", f"probes.landscape_every={every}"),
+               tmp_path / "on").values()
     assert off["status"] == on["status"] == "completed"
     a, b = final_state(tmp_path / "off"), final_state(tmp_path / "on")
     for name, value in a["model"].items():  # parameters and BN running statistics

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from bnexp import checkpoint
-from bnexp.replicas import replica_dirs
+from bnexp.rundir import replica_dirs
 from bnexp.runs import load_run
 from bnexp.train import run
 
-from conftest import BNEXP, FAST
+from conftest import BNEXP, FAST, only
 
 STEPS = ["trainer.max_steps=1000", "trainer.eval_every=500", "trainer.log_every=1", "trainer.checkpoint_every=0"]
 
@@ -80,14 +80,15 @@ def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, no
 
 
 def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
-    replicated = run(compose(*overrides, "trainer.seed=3", "trainer.replicas=2"), tmp_path / "replicated")
+    replicated = list(run(compose(*overrides, "trainer.seed=3", "trainer.replicas=2"),
+                          tmp_path / "replicated").values())
     assert [s["status"] for s in replicated] == ["completed", "completed"]
     dirs = replica_dirs(tmp_path / "replicated")
     assert [d.name for d in dirs] == ["seed_3", "seed_4"]
     for seed, replica in zip((3, 4), dirs, strict=True):
         alone = tmp_path / f"alone_{seed}"
         alone.mkdir()
-        assert run(compose(*overrides, f"trainer.seed={seed}"), alone)["status"] == "completed"
+        assert only(run(compose(*overrides, f"trainer.seed={seed}"), alone))["status"] == "completed"
         assert_same_run(alone, replica, tolerance, optimizer)
         assert load_run(replica).config["trainer.seed"] == seed
     # Statistics per replica, never pooled: the two replicas' running means differ.
@@ -101,7 +102,7 @@ def test_a_diverging_replica_ends_there_and_the_others_are_untouched(compose, tm
     from bnexp import data
 
     overrides = [*FAST, "trainer.log_every=10", "trainer.replicas=2", "trainer.checkpoint_every=0"]
-    clean = run(compose(*overrides), tmp_path / "clean")
+    clean = list(run(compose(*overrides), tmp_path / "clean").values())
     reseeded = data.DeviceData.reseeded
 
     def poisoned(self, seed):
@@ -116,7 +117,7 @@ def test_a_diverging_replica_ends_there_and_the_others_are_untouched(compose, tm
         return source
 
     monkeypatch.setattr(data.DeviceData, "reseeded", poisoned)
-    diverged, survivor = run(compose(*overrides), tmp_path / "poisoned")
+    diverged, survivor = run(compose(*overrides), tmp_path / "poisoned").values()
     assert diverged["status"] == "diverged" and diverged["diverged_at_step"] == 121
     assert survivor["status"] == "completed" and survivor["steps"] == 200
     assert survivor["final_accuracy"] == clean[1]["final_accuracy"]

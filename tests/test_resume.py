@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bnexp import checkpoint
-from bnexp.config import UserError
+from bnexp.errors import UserError
 
 from conftest import BNEXP, FAST, summaries
 
@@ -207,7 +207,7 @@ def test_a_full_disk_during_a_run_fails_it_with_the_reason(tmp_path, monkeypatch
         saved.append(real_save(obj, f))
 
     monkeypatch.setattr(torch, "save", disk_fills_after_one_checkpoint)
-    summary = run(cfg, tmp_path)
+    [summary] = run(cfg, tmp_path).values()
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]
     assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step_000000100.pt"]
     assert not list(checkpoint.directory(tmp_path).glob("*.tmp"))

@@ -5,6 +5,8 @@ import pytest
 
 from bnexp.train import run
 
+from conftest import only
+
 BASE = ["data=synthetic", "data.n_train=256", "data.n_test=64", "trainer.max_steps=20", "trainer.eval_every=20",
         "trainer.log_every=10", "trainer.progress=false", "trainer.batch_size=16"]
 
@@ -12,7 +14,7 @@ BASE = ["data=synthetic", "data.n_train=256", "data.n_test=64", "trainer.max_ste
 def train(tmp_path, compose, name, *overrides):
     cfg = compose(*BASE, *overrides)
     (tmp_path / name).mkdir()
-    return run(cfg, tmp_path / name), (tmp_path / name / "metrics.csv").read_text()
+    return only(run(cfg, tmp_path / name)), (tmp_path / name / "metrics.csv").read_text()
 
 
 def train_losses(csv_text):

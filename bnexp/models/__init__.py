@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bnexp import norm
-from bnexp.config import UserError
+from bnexp.errors import UserError
 from bnexp.models.inception import Inception
 from bnexp.models.mlp import MLP
 

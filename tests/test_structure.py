@@ -1,0 +1,101 @@
+"""The package's structure: imports go one way (no cycle among bnexp's modules, tested on the source
+itself), the error type is a leaf, and commands that need no torch do not import it."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bnexp
+from bnexp.config import config_dir
+
+PACKAGE = Path(bnexp.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def bnexp_imports(path: Path, modules: set[str]) -> set[str]:
+    """The bnexp modules a file imports, at its top or inside functions (a lazy import is an arrow too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # from bnexp import data
+    return {name for name in found if name in modules} - {module_name(path)}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: bnexp_imports(path, set(files)) for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a path [a, b, ..., a], or None (depth-first search)."""
+    state, path = {}, []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycle_among_bnexp_modules():
+    graph = import_graph()
+    assert {"bnexp.cli", "bnexp.train", "bnexp.trainer", "bnexp.stepper", "bnexp.record"} <= set(graph)
+    assert graph["bnexp.train"] >= {"bnexp.trainer", "bnexp.stepper", "bnexp.builders"}  # the parser sees arrows
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_errors_is_a_leaf_and_models_do_not_depend_on_the_config():
+    graph = import_graph()
+    assert graph["bnexp.errors"] == set()
+    for module in ("bnexp.norm", "bnexp.models", "bnexp.models.mlp", "bnexp.models.inception", "bnexp.data",
+                   "bnexp.mnist", "bnexp.checkpoint"):
+        assert "bnexp.config" not in graph[module], module
+    errors = (PACKAGE / "errors.py").read_text()
+    assert "import torch" not in errors and "from torch" not in errors
+
+
+@pytest.mark.parametrize("args", [["--help"], ["report", "--help"], ["finalize", "--help"], ["train", "--help"],
+                                  ["resume"]])
+def test_commands_that_train_nothing_import_neither_torch_nor_tensorboard(args):
+    probe = ("import sys\nfrom bnexp.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'tensorboard', 'torchvision') if m in sys.modules), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_the_configs_compose_without_importing_bnexp_first():
+    """Hydra alone composes bnexp's configs (no resolver to register first)."""
+    script = ("from hydra import compose, initialize_config_dir\n"
+              f"with initialize_config_dir(config_dir={str(config_dir())!r}, version_base='1.3'):\n"
+              "    cfg = compose('config', overrides=['norm=none'], return_hydra_config=True)\n"
+              "print(cfg.norm.name, 'trainer.threads' in cfg.hydra.job.config.override_dirname.exclude_keys)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["none", "True"], done.stderr
