@@ -115,7 +115,11 @@ def test_every_preset_with_every_norm_passes_validation(compose, experiment, nor
 
 
 def test_batch_size_one_is_fine_without_bn(bnexp, runs_root):
-    assert bnexp("train", *FAST, "norm=none", "trainer.batch_size=1").returncode == 0
+    done = bnexp("train", *FAST, "norm=none", "trainer.batch_size=1", "model.activation=relu", "optim.lr=0.02")
+    assert done.returncode == 0, done.stderr
+    [summary] = summaries(runs_root)
+    assert summary["status"] == "completed" and summary["steps"] == 200
+    assert summary["final_accuracy"] > 0.5  # it learns, one example a step (10 classes: chance is 0.1)
 
 
 @pytest.mark.parametrize("root", ["{blocker}/runs", "{tmp}/{long}"])

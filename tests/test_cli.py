@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -35,7 +36,11 @@ def read_csv(run_dir):
 def test_help_lists_the_subcommands(bnexp):
     done = bnexp("--help")
     assert done.returncode == 0
-    assert "train" in done.stdout
+    listed = [line.split()[0] for line in done.stdout.split("commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == ["train", "resume", "finalize", "report"]
+    bare = bnexp()
+    assert bare.returncode == 2 and bare.stdout == done.stdout  # no command: the usage, as an error
 
 
 def test_unknown_subcommand_is_an_error(bnexp):
@@ -116,8 +121,9 @@ def test_the_summary_says_how_much_of_the_run_was_evaluation(bnexp, runs_root):
     assert 0 < summary["eval_time_s"] < summary["wall_time_s"]
 
 
-def test_same_seed_same_result(bnexp, runs_root):
-    done = bnexp("train", "-m", "trainer.seed=3,3", "trainer.deterministic=true", *FAST)
+@pytest.mark.parametrize("deterministic", ["true", "false"])  # the README promises both on CPU
+def test_same_seed_same_result(bnexp, runs_root, deterministic):
+    done = bnexp("train", "-m", "trainer.seed=3,3", f"trainer.deterministic={deterministic}", *FAST)
     assert done.returncode == 0, done.stderr
     a, b = summaries(runs_root)
     assert a["final_accuracy"] == b["final_accuracy"]
@@ -150,13 +156,21 @@ def test_exponential_schedule_decays_in_steps(bnexp, runs_root):
     assert lr == {50: pytest.approx(0.1), 100: pytest.approx(0.1), 150: pytest.approx(0.05), 200: pytest.approx(0.05)}
 
 
-def test_divergence_is_a_result(bnexp, runs_root):
-    done = bnexp("train", *FAST, "norm=none", "model.activation=relu", "optim.lr=1e30")
+def test_divergence_is_a_result(bnexp, runs_root, tmp_path):
+    """The exact step of the first non-finite loss, whatever the log window: the same run logged every
+    step has finite losses up to the step before it."""
+    diverging = [*FAST, "norm=none", "model.activation=relu", "optim.lr=1e30"]
+    done = bnexp("train", *diverging, f"hydra.run.dir={tmp_path / 'windows'}")
     assert done.returncode == 0, done.stderr
-    [summary] = summaries(runs_root)
-    assert summary["status"] == "diverged"
+    summary = json.loads((tmp_path / "windows" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] == 50  # it stopped at the window's end
     assert 1 <= summary["diverged_at_step"] <= 50
-    assert summary["steps"] >= summary["diverged_at_step"]
+    done = bnexp("train", *diverging, "trainer.log_every=1", f"hydra.run.dir={tmp_path / 'steps'}")
+    assert done.returncode == 0, done.stderr
+    every_step = json.loads((tmp_path / "steps" / "summary.json").read_text())
+    logged = read_csv(tmp_path / "steps")["train/loss"]
+    assert every_step["diverged_at_step"] == summary["diverged_at_step"] == max(logged, default=0) + 1
+    assert all(math.isfinite(v) for v in logged.values())
 
 
 def test_shell_completion_offers_config_groups(bnexp):

@@ -88,8 +88,8 @@ def test_torchrun_with_sync_bn_trains_like_one_process_with_the_global_batch(tmp
         done = train(tmp_path, name, nproc, *extra)
         assert done.returncode == 0, done.stderr[-3000:]
     single, synced, per_shard = (weights(tmp_path / n) for n in ("single", "sync", "per_shard"))
-    for key, value in single.items():
-        torch.testing.assert_close(synced[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for key, value in single.items():  # to 1e-5 relative (1e-6 absolute near zero), as the README says
+        torch.testing.assert_close(synced[key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert not torch.allclose(per_shard["hidden.0.norm.running_mean"], single["hidden.0.norm.running_mean"], atol=1e-3)
     # Rank 0 alone wrote: one event file, one metrics.csv with each step once, one summary.
     run_dir = tmp_path / "sync"

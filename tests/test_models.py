@@ -35,11 +35,21 @@ def test_bias_kept_without_norm():
 
 
 def test_initialization_is_small_gaussian_with_configured_std():
+    """Every layer's weights N(0, init_std^2), not merely of that std: a uniform init of the same std
+    fails the tail and kurtosis checks below; biases start at zero."""
     torch.manual_seed(0)
     cfg = OmegaConf.merge(MLP_CFG, {"init_std": 0.05})
-    weight = linears(models.build(cfg, NONE, (1, 28, 28), 10))[0].weight
-    assert weight.std().item() == pytest.approx(0.05, rel=0.05)
-    assert weight.mean().abs().item() < 0.005
+    model = models.build(cfg, NONE, (1, 28, 28), 10)
+    for layer in linears(model):
+        w = layer.weight.detach().flatten()
+        z = w / 0.05
+        assert w.std().item() == pytest.approx(0.05, rel=0.1 if w.numel() < 5000 else 0.05)
+        assert w.mean().abs().item() < 4 * 0.05 / w.numel() ** 0.5
+        assert (z ** 4).mean().item() == pytest.approx(3.0, rel=0.25)  # a Gaussian's kurtosis; uniform's is 1.8
+        assert (z.abs() > 2).float().mean().item() == pytest.approx(0.0455, abs=0.02)  # uniform(+-sqrt 3) has none
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    uniform = (torch.rand(100_000) * 2 - 1) * 3 ** 0.5  # the same mean and std, another shape: the checks see it
+    assert (uniform ** 4).mean().item() == pytest.approx(1.8, rel=0.05) and (uniform.abs() > 2).sum() == 0
 
 
 @pytest.mark.parametrize("activation, cls", [("sigmoid", nn.Sigmoid), ("relu", nn.ReLU)])

@@ -124,9 +124,13 @@ def test_ghost_with_virtual_batch_equal_to_the_batch_is_bn(shape, kind):
 
 def test_ghost_normalizes_each_virtual_batch():
     ghost = builder("ghost", virtual_batch=4)(2, "fc")
-    y = ghost(torch.randn(12, 2) * 5 + 3)
+    # Virtual batches of different location and scale: normalizing the whole batch would leave each
+    # one off zero mean and unit variance.
+    x = torch.cat([torch.randn(4, 2) * (k + 1) * 5 + 3 * k for k in range(3)])
+    y = ghost(x)
     for chunk in y.split(4):
         assert chunk.mean(0).abs().max() < 1e-5
+        torch.testing.assert_close(chunk.var(0, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
 
 
 def test_layer_group_instance_match_torch_functional():
@@ -175,28 +179,80 @@ def test_every_variant_trains_three_steps_in_every_model(name, model_cfg):
     assert model(x).shape == (8, 10)
 
 
+def newest_state(run_dir) -> dict:
+    from bnexp import checkpoint
+
+    return torch.load(checkpoint.checkpoints(run_dir)[0], weights_only=False)
+
+
+def rebuilt(cfg, run_dir):
+    """The run's model with its newest checkpoint's weights and statistics, and its data."""
+    from bnexp import data, models
+
+    source = data.build(cfg.data, cfg.trainer, torch.device("cpu"))
+    model = models.build(cfg.model, cfg.norm, source.input_shape, source.num_classes)
+    model.load_state_dict(newest_state(run_dir)["model"])
+    return model, source
+
+
 def test_population_statistics_at_the_end_of_a_run(tmp_path, caplog, compose):
+    """With norm.inference=population, the run's last evaluation uses Algorithm 2's statistics over
+    the 5 training batches after its last step, and only those: the weights are the moving-average
+    run's, the statistics are not, and recomputing them from those batches gives them exactly."""
+    from bnexp.evaluation import test_metrics
     from bnexp.train import run
 
-    cfg = compose("data=synthetic", "norm=batch_paper", "norm.inference=population", "norm.population_batches=5",
-                  "trainer.max_steps=30", "trainer.eval_every=10", "trainer.progress=false")
+    common = ["data=synthetic", "norm=batch_paper", "trainer.max_steps=30", "trainer.eval_every=10",
+              "trainer.progress=false", "trainer.checkpoint_every=0"]
+    cfg = compose(*common, "norm.inference=population", "norm.population_batches=5")
+    (tmp_path / "population").mkdir()
+    (tmp_path / "moving").mkdir()
     with caplog.at_level("INFO", logger="bnexp.record"):
-        [summary] = run(cfg, tmp_path).values()
+        [summary] = run(cfg, tmp_path / "population").values()
     assert summary["status"] == "completed" and summary["final_step"] == 30
     assert caplog.text.count("population statistics over 5 training batches") == 1  # once, at the end
+    [moving] = run(compose(*common), tmp_path / "moving").values()
+    population, averages = newest_state(tmp_path / "population")["model"], newest_state(tmp_path / "moving")["model"]
+    statistics = [k for k in population if k.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for name, value in population.items():
+        if name in statistics:
+            assert not torch.allclose(value, averages[name]), name
+        else:
+            assert torch.equal(value, averages[name]), name  # population statistics change no weight
+
+    model, source = rebuilt(cfg, tmp_path / "population")
+    accuracy, _ = test_metrics(model, source)
+    assert accuracy == summary["final_accuracy"]
+    norm.finalize_population(model, (source.next_batch(30 + i)[0] for i in range(5)))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, population[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("name, logged", [("batch", True), ("batch_renorm", True), ("none", False)])
 def test_test_error_with_batch_statistics(tmp_path, compose, name, logged):
+    """test/error_batchstats: the test set in batches of the training batch size, each normalized with
+    its own statistics (training mode), computed here by hand from the run's final weights."""
     from bnexp.train import run
 
     cfg = compose("data=synthetic", f"norm={name}", "trainer.max_steps=20", "trainer.eval_every=10",
-                  "trainer.progress=false", "trainer.eval_batchstats=true")
+                  "trainer.progress=false", "trainer.eval_batchstats=true", "trainer.batch_size=30")
     run(cfg, tmp_path)
     rows = [line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     values = {int(step): float(v) for step, tag, v in rows if tag == "test/error_batchstats"}
     assert (sorted(values) == [0, 10, 20]) is logged
-    assert all(0 <= v <= 1 for v in values.values())
+    if not logged:
+        return
+    model, source = rebuilt(cfg, tmp_path)  # its step-20 weights and running statistics
+    model.train()
+    wrong = n = 0
+    with torch.no_grad():
+        x, y = torch.cat([x for x, _ in source.eval_batches()]), torch.cat([y for _, y in source.eval_batches()])
+        for start in range(0, len(y) - 29, 30):  # full batches of 30 only
+            wrong += (model(x[start:start + 30]).argmax(1) != y[start:start + 30]).sum().item()
+            n += 30
+    assert len(y) % 30 != 0 and n == len(y) // 30 * 30  # the partial last batch is left out
+    assert values[20] == pytest.approx(wrong / n, abs=1e-7)
 
 
 def test_batch_statistics_pass_leaves_the_run_unchanged(tmp_path, compose):

@@ -7,6 +7,7 @@ compared, and far below what a different seed changes (losses by 1e-2 and more).
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import time
@@ -62,17 +63,18 @@ def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case, tolerance
                                       tolerance)
 
 
-@pytest.mark.parametrize("norm, steps", [("none", 10), ("batch", 1)])
-def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps):
+@pytest.mark.parametrize("norm, steps, lr", [("none", 10, 0.01), ("batch", 1, 0.1)])
+def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps, lr):
     """To 1e-3, over a few steps. This small conv net is chaotic: any change of rounding flips
     max-pool and ReLU decisions, and the losses part by ~5% within 30 steps, whether the change is
     vmap's (one grouped convolution for all replicas) or the run alone on 1 thread instead of 2
     (measured both ways on a 2-core CPU). With BN, a channel of near-constant input makes the
     gradient ill-conditioned: the single run's float32 weight gradients were 0.5% off float64 in
     one layer on step 1. So: the replicas' init, data, per-replica BN statistics and update agree
-    before rounding has compounded; the MLP tests above hold over 1,000 steps."""
+    before rounding has compounded; the MLP tests above hold over 1,000 steps. The learning rates make
+the update several times the tolerance (checked), so that a wrong update cannot pass."""
     overrides = ["data=synthetic", "trainer.progress=false", "model=inception", "model.width=0.0625",
-                 "model.stem=small", f"norm={norm}", "model.dropout=0", "data.shape=[3,16,16]", "optim.lr=0.01",
+                 "model.stem=small", f"norm={norm}", "model.dropout=0", "data.shape=[3,16,16]", f"optim.lr={lr}",
                  "optim.momentum=0.9", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
                  "trainer.log_every=1", "trainer.checkpoint_every=0"]
     # Momentum buffers are sums of raw gradients, where the flips above show first: weights only.
@@ -82,6 +84,8 @@ def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, no
 def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
     replicated = list(run(compose(*overrides, "trainer.seed=3", "trainer.replicas=2"),
                           tmp_path / "replicated").values())
+    assert_training_moved_the_weights(compose(*overrides, "trainer.seed=3"), tmp_path / "replicated" / "seed_3",
+                                      tolerance)
     assert [s["status"] for s in replicated] == ["completed", "completed"]
     dirs = replica_dirs(tmp_path / "replicated")
     assert [d.name for d in dirs] == ["seed_3", "seed_4"]
@@ -95,6 +99,19 @@ def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e
     buffers = [weights(d)["model"] for d in dirs]
     for name in (n for n in buffers[0] if n.endswith("running_mean")):
         assert not torch.allclose(buffers[0][name], buffers[1][name]), name
+
+
+def assert_training_moved_the_weights(cfg, run_dir: Path, tolerance: float) -> None:
+    """The run's update is far larger than the tolerance the comparison allows: it could not pass by
+    comparing two barely trained networks. Measured against the seed's initial weights."""
+    from bnexp import data, models
+
+    torch.manual_seed(cfg.trainer.seed)
+    source = data.build(cfg.data, cfg.trainer, torch.device("cpu"))
+    initial = models.build(cfg.model, cfg.norm, source.input_shape, source.num_classes).state_dict()
+    trained = weights(run_dir)["model"]
+    moved = [(trained[k] - initial[k]).abs().max().item() for k in initial if initial[k].is_floating_point()]
+    assert sorted(moved)[len(moved) // 2] > 5 * tolerance, moved  # the median tensor's largest change
 
 
 def test_a_diverging_replica_ends_there_and_the_others_are_untouched(compose, tmp_path, monkeypatch):
@@ -183,15 +200,25 @@ def test_sigterm_checkpoints_every_replica_and_resume_finishes_them(bnexp, tmp_p
 
 
 def test_one_replica_resumes_alone_as_a_run_of_its_seed(bnexp, tmp_path):
+    """A replica stopped at step 100 of 200 and continued alone ends as its uninterrupted replica
+    did (to float tolerance: the run alone sums in another order), with its own seed."""
     group = tmp_path / "group"
-    assert bnexp("train", *FAST, "trainer.replicas=2", "trainer.checkpoint_every=100",
+    assert bnexp("train", *FAST, "trainer.replicas=2", "trainer.checkpoint_every=100", "optim.momentum=0.9",
                  f"hydra.run.dir={group}").returncode == 0
+    reference = tmp_path / "reference"
+    shutil.copytree(group / "seed_1", reference)
     (group / "seed_1" / "summary.json").unlink()  # as if it had stopped at its last checkpoint
     for p in checkpoint.checkpoints(group / "seed_1")[:1]:
         p.unlink()
     done = bnexp("resume", str(group / "seed_1"))
     assert done.returncode == 0, done.stderr
-    assert load_run(group / "seed_1").summary["status"] == "completed"
+    assert "(step 100)" in done.stdout and "x 2 replicas" not in done.stdout  # a run of one seed, from step 100
+    resumed = load_run(group / "seed_1")
+    assert resumed.summary["status"] == "completed" and resumed.config["trainer.seed"] == 1
+    assert_same_run(reference, group / "seed_1", tolerance=1e-4, optimizer=True)
+    moved = max((weights(reference)["model"][k] - weights(group / "seed_0")["model"][k]).abs().max().item()
+                for k in weights(reference)["model"])
+    assert moved > 1e-2  # the other seed's run is far from it: the comparison above can tell them apart
 
 
 @pytest.mark.parametrize("override, message", [
