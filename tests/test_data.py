@@ -1,6 +1,8 @@
 """MNIST loading and the offline conversion, on small fixture files made here; batch drawing."""
 
+import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +106,138 @@ def test_eval_batches_cover_the_test_set_in_order():
 def test_batch_larger_than_the_dataset_is_a_user_error():
     with pytest.raises(UserError, match="exceeds the 100 training examples"):
         synthetic(batch_size=101)
+
+
+# --- Fashion-MNIST: torchvision's files, or Debian's package unpacked without dpkg ---------------
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    import struct
+
+    return struct.pack(f">I{array.ndim}I", 0x800 + array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def make_deb(path, per_class=(3, 2), compression="xz", seed=0, leave_out=None):
+    """A stand-in for Debian's dataset-fashion-mnist: an ar archive (debian-binary, control.tar.xz,
+    data.tar.<compression>) with the four gzipped idx files under usr/share/datasets/fashion-mnist/."""
+    import gzip
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    content = {}
+    for split, n in zip(("train", "test"), per_class, strict=True):
+        labels = np.repeat(np.arange(10), n)
+        rng.shuffle(labels)
+        images, label_file = mnist.IDX_FILES[split]
+        content[images] = rng.integers(0, 256, (len(labels), 28, 28))
+        content[label_file] = labels
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode=f"w:{compression}") as tar:
+        for name, array in content.items():
+            if name == leave_out:
+                continue
+            blob = gzip.compress(idx_bytes(array))
+            info = tarfile.TarInfo(f"./{mnist.FASHION_DEB_DIR}{name}.gz")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b"not read"), (f"data.tar.{compression}",
+                                                                                data.getvalue())]
+    with open(path, "wb") as f:
+        f.write(b"!<arch>\n")
+        for name, body in members:
+            f.write(f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(body):<10}`\n".encode())
+            f.write(body + b"\n" * (len(body) % 2))
+    return content
+
+
+def test_the_deb_unpacks_to_the_files_torchvision_reads(tmp_path):
+    from torchvision.datasets import FashionMNIST
+
+    content = make_deb(tmp_path / "fashion.deb")
+    mnist.fashion_mnist_from_deb(tmp_path / "fashion.deb", tmp_path / "root" / "FashionMNIST" / "raw")
+    for split, train in (("train", True), ("test", False)):
+        images, labels = mnist.IDX_FILES[split]
+        ds = FashionMNIST(str(tmp_path / "root"), train=train, download=False)
+        assert ds.data.numpy().tolist() == content[images].tolist()
+        assert ds.targets.tolist() == content[labels].tolist()
+
+
+def test_fashion_mnist_offline_is_loaded_and_checked(tmp_path, monkeypatch):
+    from torchvision.datasets import FashionMNIST
+
+    make_deb(tmp_path / "fashion.deb", per_class=(3, 2))
+    monkeypatch.setattr(FashionMNIST, "download", lambda self: (_ for _ in ()).throw(RuntimeError("offline")))
+    monkeypatch.setenv("BNEXP_FASHION_MNIST_DEB", str(tmp_path / "fashion.deb"))
+    with pytest.raises(UserError, match=r"not the standard split: train labels per class \[3, 3, .*30 examples; "
+                                        r"expected 6,000 of each class, 60,000 in all"):
+        mnist.load_fashion_mnist(tmp_path / "root")
+    monkeypatch.setattr(mnist, "FASHION_LABEL_COUNTS", {"train": [3] * 10, "test": [2] * 10})  # the fixture's split
+    (train_x, train_y), (test_x, test_y) = mnist.load_fashion_mnist(tmp_path / "root")
+    assert train_x.shape == (30, 28, 28) and test_x.shape == (20, 28, 28) and train_x.dtype == torch.uint8
+    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path / "root"), "download": False,
+                            "mean": 0.2860, "std": 0.3530, "distort": 0.0, "distort_mult": 1.0})
+    trainer = OmegaConf.create({"batch_size": 5, "seed": 0, "eval_batch_size": 8})
+    source = data.build(cfg, trainer, torch.device("cpu"))
+    x, y = source.next_batch(0)
+    assert x.shape == (5, 1, 28, 28) and source.num_classes == 10
+    expected = (train_x.float() / 255 - 0.2860) / 0.3530
+    assert any(torch.allclose(x[0, 0], image) for image in expected)  # standardized as the config says
+
+
+def test_the_real_split_is_what_the_check_asks_for():
+    assert mnist.FASHION_LABEL_COUNTS == {"train": [6_000] * 10, "test": [1_000] * 10}
+    assert mnist.FASHION_DEB == ("dataset-fashion-mnist", "0.0~git20200523.55506a9-1")
+
+
+def test_the_deb_is_fetched_with_apt_get_pinned_to_its_version(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append((cmd, kwargs.get("cwd")))
+        make_deb(Path(kwargs["cwd"]) / "dataset-fashion-mnist_0.0_all.deb")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(mnist.subprocess, "run", fake_run)
+    found = mnist.download_deb(tmp_path)
+    assert calls == [(["apt-get", "download", "dataset-fashion-mnist=0.0~git20200523.55506a9-1"], tmp_path)]
+    assert found.parent == tmp_path and found.suffix == ".deb"
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("zst", "zstd-compressed"),
+    ("member", "has no usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"),
+    ("not_ar", "is not a .deb"),
+])
+def test_a_deb_that_cannot_be_read_says_why(tmp_path, damage, message):
+    deb = tmp_path / "fashion.deb"
+    if damage == "zst":
+        make_deb(deb)
+        deb.write_bytes(deb.read_bytes().replace(b"data.tar.xz ", b"data.tar.zst"))
+    elif damage == "member":
+        make_deb(deb, leave_out="t10k-labels-idx1-ubyte")
+    else:
+        deb.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(ValueError, match=message):
+        mnist.fashion_mnist_from_deb(deb, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()  # nothing half-unpacked
+
+
+def test_when_both_fashion_sources_fail_the_error_names_both(tmp_path, monkeypatch):
+    from torchvision.datasets import FashionMNIST
+
+    monkeypatch.setattr(FashionMNIST, "download", lambda self: (_ for _ in ()).throw(RuntimeError("no route")))
+    monkeypatch.delenv("BNEXP_FASHION_MNIST_DEB", raising=False)
+    monkeypatch.setattr(mnist, "download_deb", lambda dest: (_ for _ in ()).throw(RuntimeError("apt-get exited 100")))
+    with pytest.raises(UserError) as refused:
+        mnist.load_fashion_mnist(tmp_path / "root")
+    message = str(refused.value)
+    assert "torchvision's download failed: RuntimeError: no route" in message
+    assert "apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1) failed: apt-get exited 100" in message
+    assert "BNEXP_FASHION_MNIST_DEB" in message and f"{tmp_path / 'root'}/FashionMNIST/raw" in message
+
+
+def test_fashion_mnist_missing_with_download_off_is_one_line(bnexp, tmp_path):
+    done = bnexp("train", "data=fashion_mnist", f"data.root={tmp_path / 'empty'}", "data.download=false")
+    assert done.returncode == 2
+    expected = f"bnexp: error: Fashion-MNIST is not under {tmp_path / 'empty'} and data.download=false"
+    assert done.stderr.strip() == expected
