@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
+import os
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from bnexp import stats
 from bnexp.config import EXECUTION_SETTINGS, accuracy_targets
 from bnexp.errors import UserError
 from bnexp.figures import plot_figures, plot_step_probes
@@ -90,18 +93,21 @@ def mean_std(values: list[float]) -> tuple[float, float] | None:
 
 
 def summarize(variants: dict[str, list[Run]], baseline: str, target: float | None, fixed_targets: list[float]):
-    """One row per variant: the paper's Figure 3 columns, plus seeds, failures and fixed targets."""
+    """One row per variant: the paper's Figure 3 columns, plus seeds, failures and fixed targets, and
+    the statistics with their intervals (bnexp/stats.py) for the two baseline targets: its mean best
+    (or --target) and its lowest best, which every baseline seed reaches."""
+    bests = [max(a for _, a in r.accuracy) for r in variants[baseline]]
     if target is None:
-        target = statistics.fmean(max(a for _, a in r.accuracy) for r in variants[baseline])
-    reach = {name: [first_step_reaching(r.accuracy, target) for r in runs] for name, runs in variants.items()}
-    base_steps = [s for s in reach[baseline] if s is not None]
-    base_mean = statistics.fmean(base_steps) if base_steps else None
+        target = statistics.fmean(bests)
+    targets = {"target": target, "every_seed": min(bests)}
+    censored = {name: {key: steps_to(runs, t) for key, t in targets.items()} for name, runs in variants.items()}
     rows = []
     for name, runs in variants.items():
-        steps = [s for s in reach[name] if s is not None]
-        steps_mean = mean_std(steps)
+        reach = [first_step_reaching(r.accuracy, target) for r in runs]
+        steps = [s for s in reach if s is not None]
         crossings = {t: [s for s in (first_step_reaching(r.accuracy, t) for r in runs) if s is not None]
                      for t in fixed_targets}
+        best, final = [max(a for _, a in r.accuracy) for r in runs], [r.accuracy[-1][1] for r in runs]
         rows.append({
             "variant": name,
             "baseline": name == baseline,
@@ -109,12 +115,11 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "completed": sum(r.status == Status.COMPLETED for r in runs),
             "diverged": sum(r.status == Status.DIVERGED for r in runs),
             "unfinished": sum(r.status not in ENDED for r in runs),
-            "best_accuracy": mean_std([max(a for _, a in r.accuracy) for r in runs]),
-            "final_accuracy": mean_std([r.accuracy[-1][1] for r in runs]),
+            "best_accuracy": mean_std(best),
+            "final_accuracy": mean_std(final),
             "target": target,
-            "steps_to_target": steps_mean,
+            "steps_to_target": mean_std(steps),
             "reached_target": len(steps),
-            "speedup": base_mean / steps_mean[0] if base_mean and steps_mean and steps_mean[0] > 0 else None,
             "steps_to": {t: mean_std(crossings[t]) for t in fixed_targets},
             "reached": {t: len(crossings[t]) for t in fixed_targets},
             "wall_time_s": mean_std([r.summary["wall_time_s"] for r in runs if r.summary]),
@@ -123,8 +128,26 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
                                     if r.summary and r.summary.get("eval_time_s") is not None
                                     and r.summary["wall_time_s"]]),
             "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == Status.DIVERGED],
+            # With intervals: means over seeds, and per baseline target the censored steps (never reached
+            # = never), their median, the speed-up over the baseline and P(a run gets there sooner).
+            "best_accuracy_ci": stats.mean(best),
+            "final_accuracy_ci": stats.mean(final),
+            "targets": targets,
+            "at": {key: at_target(censored[baseline][key], censored[name][key]) for key in targets},
         })
+        rows[-1]["speedup"] = rows[-1]["at"]["target"]["speedup"]
     return rows
+
+
+def at_target(baseline: stats.Censored, steps: stats.Censored) -> dict:
+    """A variant's steps to one target against the baseline's, with intervals."""
+    return {"reached": steps.reached, "runs": len(steps), "median_steps": stats.median_steps(steps),
+            "speedup": stats.speedup(baseline, steps), "p_sooner": stats.probability_of_improvement(baseline, steps)}
+
+
+def steps_to(runs: list[Run], target: float) -> stats.Censored:
+    """Each run's first evaluated step at or above `target`, never (censored at its last evaluation) if none."""
+    return stats.Censored.of([first_step_reaching(r.accuracy, target) for r in runs], [r.accuracy[-1][0] for r in runs])
 
 
 def fmt_acc(ms) -> str:
@@ -138,6 +161,68 @@ def fmt_steps(ms, reached: int, runs: int) -> str:
     return text if reached == runs else f"{text} ({reached}/{runs} runs)"
 
 
+def fmt_count(x: float, digits: int = 0) -> str:
+    return "never" if x == math.inf else "∞" if x == -math.inf else f"{x:,.{digits}f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return "∞" if x == math.inf else f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def fmt_speedup(sp: stats.Speedup | None, baseline: bool = False, interval: bool = False) -> str:
+    """4.00x; >= 2.31x when the baseline's censored runs leave it a lower bound; <= ... an upper one."""
+    if baseline:
+        return "1.0x"
+    if sp is None:
+        return "-"
+    if sp.exact:
+        text = f"{fmt_ratio(sp.low)}x"
+    elif sp.high == math.inf and sp.low > 0:
+        text = f"≥ {fmt_ratio(sp.low)}x"
+    elif sp.low == 0 and sp.high < math.inf:
+        text = f"≤ {fmt_ratio(sp.high)}x"
+    else:
+        text = f"{fmt_ratio(sp.low)}-{fmt_ratio(sp.high)}x"
+    return text + (f" [{fmt_ratio(sp.interval_low)}, {fmt_ratio(sp.interval_high)}]" if interval else "")
+
+
+def fmt_estimate(e: stats.Estimate | None, scale: float = 1.0, digits: int = 0) -> str:
+    if e is None:
+        return "-"
+    value, low, high = (fmt_count(x * scale if math.isfinite(x) else x, digits) for x in (e.value, e.low, e.high))
+    return f"{value} [{low}, {high}]"
+
+
+def fmt_seeds(n: int) -> str:
+    return f"{n} (rough)" if n < stats.ROUGH else str(n)
+
+
+def interval_table(rows: list[dict]) -> str:
+    """The statistics with their 95% intervals, for the two baseline targets."""
+    targets = rows[0]["targets"]
+    head = ["variant", "seeds", "best accuracy", "final accuracy"]
+    for label in ("A", "B"):
+        head += [f"reached {label}", f"median steps to {label}", f"speed-up to {label}", f"P(sooner) to {label}"]
+    lines = [f"95% intervals: percentile bootstrap over seeds ({stats.RESAMPLES:,} resamples, fixed seed). "
+             f"Target A: {100 * targets['target']:.2f}% (the table's target); target B: "
+             f"{100 * targets['every_seed']:.2f}% (the baseline's lowest best: every baseline seed reaches it). "
+             "A run that never reaches a target counts as never (for medians and P(sooner): the chance that "
+             "a run of the variant gets there in fewer steps than a run of the baseline, ties half); a "
+             "speed-up that censored runs leave open is a bound (≥, ≤), its interval from the conservative "
+             f"to the liberal bound. Intervals from fewer than {stats.ROUGH} seeds are rough.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["variant"] + (" (baseline)" if r["baseline"] else ""), fmt_seeds(r["runs"]),
+                 fmt_estimate(r["best_accuracy_ci"], 100, 2), fmt_estimate(r["final_accuracy_ci"], 100, 2)]
+        for key in ("target", "every_seed"):
+            at = r["at"][key]
+            cells += [f"{at['reached']}/{at['runs']}", fmt_estimate(at["median_steps"]),
+                      fmt_speedup(at["speedup"], r["baseline"], interval=not r["baseline"]),
+                      "-" if r["baseline"] else fmt_estimate(at["p_sooner"], 1, 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
     target = rows[0]["target"]
     head = ["variant", "runs", f"steps to {100 * target:.2f}%", "speed-up", "best accuracy", "final accuracy",
@@ -149,7 +234,7 @@ def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
             r["variant"] + (" (baseline)" if r["baseline"] else ""),
             str(r["runs"]),
             fmt_steps(r["steps_to_target"], r["reached_target"], r["runs"]),
-            "-" if r["speedup"] is None else f"{r['speedup']:.1f}x",
+            fmt_speedup(r["speedup"], r["baseline"]),
             fmt_acc(r["best_accuracy"]),
             fmt_acc(r["final_accuracy"]),
             *(fmt_steps(r["steps_to"][t], r["reached"][t], r["runs"]) for t in fixed_targets),
@@ -169,17 +254,61 @@ def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
     flat_rows = []
     for r in rows:
         flat = {k: r[k] for k in ("variant", "baseline", "runs", "completed", "diverged", "unfinished", "target")}
-        flat.update(ms("steps_to_target", r["steps_to_target"]), reached_target=r["reached_target"],
-                    speedup=r["speedup"])
+        flat.update(ms("steps_to_target", r["steps_to_target"]), reached_target=r["reached_target"])
         flat.update(ms("best_accuracy", r["best_accuracy"]), **ms("final_accuracy", r["final_accuracy"]))
         flat.update(ms("wall_time_s", r["wall_time_s"]), **ms("eval_share", r["eval_share"]))
         for t in fixed_targets:
             flat.update(ms(f"steps_to_{t:g}", r["steps_to"][t]), **{f"reached_{t:g}": r["reached"][t]})
+        for prefix, e in (("best_accuracy", r["best_accuracy_ci"]), ("final_accuracy", r["final_accuracy_ci"])):
+            flat.update({f"{prefix}_ci_low": e.low, f"{prefix}_ci_high": e.high})
+        flat["seeds"] = r["runs"]
+        for key, at in r["at"].items():
+            sp, med, p = at["speedup"], at["median_steps"], at["p_sooner"]
+            flat.update({f"{key}": r["targets"][key], f"{key}_reached": at["reached"],
+                         f"{key}_median_steps": med.value, f"{key}_median_steps_ci_low": med.low,
+                         f"{key}_median_steps_ci_high": med.high, f"{key}_speedup_low": sp.low,
+                         f"{key}_speedup_high": sp.high, f"{key}_speedup_ci_low": sp.interval_low,
+                         f"{key}_speedup_ci_high": sp.interval_high, f"{key}_p_sooner": p.value,
+                         f"{key}_p_sooner_ci_low": p.low, f"{key}_p_sooner_ci_high": p.high})
         flat_rows.append(flat)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(flat_rows[0]))
         writer.writeheader()
         writer.writerows(flat_rows)
+
+
+def write_runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float], path: Path) -> None:
+    """One row per run, so that any statistic of the report can be recomputed from this file alone:
+    steps_to_<target> is the first evaluated step at or above it, empty where the run never got
+    there (censored at last_evaluated_step)."""
+    targets = {**{f"{t:g}": t for t in rows[0]["targets"].values()}, **{f"{t:g}": t for t in fixed_targets}}
+    fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
+              "final_accuracy", "final_step", "last_evaluated_step", *(f"steps_to_{k}" for k in targets),
+              "diverged_at_step", "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
+    root = common_parent([r.path for runs in variants.values() for r in runs])
+    baseline = next(r["variant"] for r in rows if r["baseline"])
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for name, runs in variants.items():
+            for r in runs:
+                summary = r.summary or {}
+                best_step, best = max(r.accuracy, key=lambda h: (h[1], -h[0]))
+                w.writerow({
+                    "variant": name, "baseline": name == baseline, "run": str(r.path.resolve().relative_to(root)),
+                    "seed": r.seed, "status": r.status, "steps": summary.get("steps"),
+                    "max_steps": r.config.get("trainer.max_steps"), "best_accuracy": best, "best_step": best_step,
+                    "final_accuracy": r.accuracy[-1][1], "final_step": r.accuracy[-1][0],
+                    "last_evaluated_step": r.accuracy[-1][0],
+                    **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
+                    **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
+                                                   "git_dirty")},
+                })
+
+
+def common_parent(paths: list[Path]) -> Path:
+    """The folder all run dirs lie in: runs.csv names each run by its path below it."""
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
 
 
 def curve_stats(runs: list[Run], tag: str) -> list[tuple[int, int, float, float, float, float]]:
@@ -329,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(values) > 1:
             lines += [f"Note: the runs differ in {key} ({', '.join(values)}): the table compares across them.", ""]
     lines.append(markdown_table(rows, fixed_targets))
+    lines += ["", interval_table(rows)]
     if left_out:
         lines += ["Left out (not readable):", *(f"- {path}: {why}" for path, why in left_out), ""]
     text = "\n".join(lines)
@@ -339,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(text)
         write_csv(rows, fixed_targets, args.out / "report.csv")
+        write_runs_csv(variants, rows, fixed_targets, args.out / "runs.csv")
         write_curves_csv(variants, args.out / "curves.csv")
         write_seed_runs(variants, args.out / "tensorboard")
         print(f"wrote {args.out / 'tensorboard'} (tensorboard --logdir {args.out / 'tensorboard'})")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 from omegaconf import OmegaConf
@@ -51,7 +52,13 @@ def test_table_arithmetic(tmp_path):
     assert rows["norm=none"]["steps_to_target"] == (6000, 0)
     assert rows["norm=none"]["reached_target"] == 1
     assert rows["norm=batch"]["steps_to_target"][0] == 1500
-    assert rows["norm=batch"]["speedup"] == pytest.approx(4.0)
+    # The baseline's seed 0 never reaches 0.91: counted at its last step (6000) it gives the lower
+    # bound 6000 / 1500 = 4; as never, no upper bound.
+    speedup = rows["norm=batch"]["speedup"]
+    assert (speedup.low, speedup.high) == (4.0, math.inf) and not speedup.exact
+    assert rows["norm=batch"]["at"]["target"]["p_sooner"].value == 1.0  # 1000, 2000 against 6000, never
+    assert rows["norm=batch"]["at"]["every_seed"]["reached"] == 2  # 0.90 (the lowest best): both seeds there
+    assert rows["norm=none"]["targets"] == {"target": pytest.approx(0.91), "every_seed": 0.90}
     assert rows["norm=batch"]["best_accuracy"][0] == pytest.approx(0.965)
     assert rows["norm=batch"]["best_accuracy"][1] == pytest.approx(0.00707, abs=1e-5)  # sample std
     assert rows["norm=batch"]["final_accuracy"][0] == pytest.approx(0.965)
@@ -63,6 +70,10 @@ def test_table_arithmetic(tmp_path):
     table = report.markdown_table(list(rows.values()), [0.95])
     assert "| 25 s (38%) |" in table
     assert "| norm=none (baseline) | 2 | 6,000 (1/2 runs) | 1.0x |" in table
+    assert "| norm=batch | 2 | 1,500 ± 707 | ≥ 4.00x |" in table
+    intervals = report.interval_table(list(rows.values()))
+    assert "| norm=batch | 2 (rough) | 96.50 [96.00, 97.00] |" in intervals
+    assert "| 1/2 | never [6,000, never] | 1.0x | - |" in intervals  # the baseline at target A
     assert "| never |" in table
 
 
