@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from bnexp import stats
+from bnexp.claims import evaluate as evaluate_claims
+from bnexp.claims import load as load_claims
+from bnexp.claims import read_runs_csv, verdict_markdown, write_verdicts
 from bnexp.config import EXECUTION_SETTINGS, accuracy_targets
 from bnexp.errors import UserError
 from bnexp.figures import plot_figures, plot_step_probes
@@ -161,38 +164,6 @@ def fmt_steps(ms, reached: int, runs: int) -> str:
     return text if reached == runs else f"{text} ({reached}/{runs} runs)"
 
 
-def fmt_count(x: float, digits: int = 0) -> str:
-    return "never" if x == math.inf else "∞" if x == -math.inf else f"{x:,.{digits}f}"
-
-
-def fmt_ratio(x: float) -> str:
-    return "∞" if x == math.inf else f"{x:.2f}" if x < 10 else f"{x:.1f}"
-
-
-def fmt_speedup(sp: stats.Speedup | None, baseline: bool = False, interval: bool = False) -> str:
-    """4.00x; >= 2.31x when the baseline's censored runs leave it a lower bound; <= ... an upper one."""
-    if baseline:
-        return "1.0x"
-    if sp is None:
-        return "-"
-    if sp.exact:
-        text = f"{fmt_ratio(sp.low)}x"
-    elif sp.high == math.inf and sp.low > 0:
-        text = f"≥ {fmt_ratio(sp.low)}x"
-    elif sp.low == 0 and sp.high < math.inf:
-        text = f"≤ {fmt_ratio(sp.high)}x"
-    else:
-        text = f"{fmt_ratio(sp.low)}-{fmt_ratio(sp.high)}x"
-    return text + (f" [{fmt_ratio(sp.interval_low)}, {fmt_ratio(sp.interval_high)}]" if interval else "")
-
-
-def fmt_estimate(e: stats.Estimate | None, scale: float = 1.0, digits: int = 0) -> str:
-    if e is None:
-        return "-"
-    value, low, high = (fmt_count(x * scale if math.isfinite(x) else x, digits) for x in (e.value, e.low, e.high))
-    return f"{value} [{low}, {high}]"
-
-
 def fmt_seeds(n: int) -> str:
     return f"{n} (rough)" if n < stats.ROUGH else str(n)
 
@@ -213,12 +184,12 @@ def interval_table(rows: list[dict]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"] + (" (baseline)" if r["baseline"] else ""), fmt_seeds(r["runs"]),
-                 fmt_estimate(r["best_accuracy_ci"], 100, 2), fmt_estimate(r["final_accuracy_ci"], 100, 2)]
+                 stats.fmt_estimate(r["best_accuracy_ci"], 100, 2), stats.fmt_estimate(r["final_accuracy_ci"], 100, 2)]
         for key in ("target", "every_seed"):
             at = r["at"][key]
-            cells += [f"{at['reached']}/{at['runs']}", fmt_estimate(at["median_steps"]),
-                      fmt_speedup(at["speedup"], r["baseline"], interval=not r["baseline"]),
-                      "-" if r["baseline"] else fmt_estimate(at["p_sooner"], 1, 2)]
+            cells += [f"{at['reached']}/{at['runs']}", stats.fmt_estimate(at["median_steps"]),
+                      stats.fmt_speedup(at["speedup"], r["baseline"], interval=not r["baseline"]),
+                      "-" if r["baseline"] else stats.fmt_estimate(at["p_sooner"], 1, 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -234,7 +205,7 @@ def markdown_table(rows: list[dict], fixed_targets: list[float]) -> str:
             r["variant"] + (" (baseline)" if r["baseline"] else ""),
             str(r["runs"]),
             fmt_steps(r["steps_to_target"], r["reached_target"], r["runs"]),
-            fmt_speedup(r["speedup"], r["baseline"]),
+            stats.fmt_speedup(r["speedup"], r["baseline"]),
             fmt_acc(r["best_accuracy"]),
             fmt_acc(r["final_accuracy"]),
             *(fmt_steps(r["steps_to"][t], r["reached"][t], r["runs"]) for t in fixed_targets),
@@ -280,8 +251,10 @@ def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
 def write_runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float], path: Path) -> None:
     """One row per run, so that any statistic of the report can be recomputed from this file alone:
     steps_to_<target> is the first evaluated step at or above it, empty where the run never got
-    there (censored at last_evaluated_step)."""
-    targets = {**{f"{t:g}": t for t in rows[0]["targets"].values()}, **{f"{t:g}": t for t in fixed_targets}}
+    there (censored at last_evaluated_step); steps_to_target is the baseline's mean best (or
+    --target), steps_to_every_seed its lowest best, as the report's targets A and B."""
+    # The two baseline targets by their role (their values are in report.md), then the fixed ones.
+    targets = {**rows[0]["targets"], **{f"{t:g}": t for t in fixed_targets}}
     fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
               "final_accuracy", "final_step", "last_evaluated_step", *(f"steps_to_{k}" for k in targets),
               "diverged_at_step", "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
@@ -419,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
     parser.add_argument("--targets", type=accuracies_argument, default=[],
                         help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
+    parser.add_argument("--claims", help="a claims file (a path, or a name from configs/claims): write verdict.md "
+                        "and verdict.csv, each claim's verdict computed from runs.csv; with a runs.csv as PATH, "
+                        "the verdicts alone, from that file")
     parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures, "
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
@@ -428,6 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"bnexp report: error: no such path: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        claims = load_claims(args.claims) if args.claims else None
+        if len(args.paths) == 1 and args.paths[0].is_file() and args.paths[0].suffix == ".csv":
+            if claims is None:
+                raise UserError("a runs.csv alone gives the verdicts: add --claims NAME")
+            return verdicts_from(args.paths[0], claims, args.out)
+    except UserError as e:
+        print(e, file=sys.stderr)
         return 2
     runs, left_out = [], []
     for path in find_run_dirs(args.paths):
@@ -479,6 +464,30 @@ def main(argv: list[str] | None = None) -> int:
         if probes := step_probe_stats(variants):
             write_step_probes_csv(probes, args.out / "probes.csv")
             written += [args.out / "probes.csv", *plot_step_probes(probes, list(variants), args.out)]
+        if claims is not None:
+            written += verdicts_from(args.out / "runs.csv", claims, args.out, quiet=True)
         for path in written:
             print(f"wrote {path}")
+    elif claims is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_runs_csv(variants, rows, fixed_targets, Path(tmp) / "runs.csv")
+            verdicts_from(Path(tmp) / "runs.csv", claims, None)
     return 0
+
+
+def verdicts_from(runs_csv: Path, claims, out: Path | None, quiet: bool = False):
+    """The claims' verdicts computed from a runs.csv: printed, and written to out (verdict.md, .csv)."""
+    study, declared = claims
+    found = evaluate_claims(declared, read_runs_csv(runs_csv))
+    source = "runs.csv" if out is not None and runs_csv.parent == out else str(runs_csv)
+    if not quiet:
+        print(verdict_markdown(study, found, source))
+    if out is None:
+        return 0 if not quiet else []
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_verdicts(study, found, out, source)
+    if not quiet:
+        for path in written:
+            print(f"wrote {path}")
+        return 0
+    return written

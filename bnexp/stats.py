@@ -84,6 +84,16 @@ def mean(values: list[float], seed: int = SEED) -> Estimate | None:
     return Estimate(float(np.mean(values)), low, high, len(values))
 
 
+def difference(values: list[float], reference: list[float], seed: int = SEED) -> Estimate | None:
+    """mean(values) - mean(reference), two variants' seeds resampled each on its own."""
+    if not values or not reference:
+        return None
+    rng = np.random.default_rng(seed)
+    samples = resample(values, rng).mean(axis=1) - resample(reference, rng).mean(axis=1)
+    low, high = interval(samples)
+    return Estimate(float(np.mean(values) - np.mean(reference)), low, high, min(len(values), len(reference)))
+
+
 def median_steps(steps: Censored, seed: int = SEED) -> Estimate | None:
     """The median steps to a target over seeds (never counted as never), with its bootstrap interval."""
     if not len(steps):
@@ -149,3 +159,37 @@ def probability_of_improvement(baseline: Censored, variant: Censored, seed: int 
     samples = p(b[rng.integers(0, len(b), (RESAMPLES, len(b)))], v[rng.integers(0, len(v), (RESAMPLES, len(v)))])
     low, high = interval(samples)
     return Estimate(float(p(b, v)), low, high, min(len(b), len(v)))
+
+
+# --- as the report and the verdicts show them ---------------------------------------------------
+
+def fmt_count(x: float, digits: int = 0) -> str:
+    return "never" if x == math.inf else "∞" if x == -math.inf else f"{x:,.{digits}f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return "∞" if x == math.inf else f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def fmt_speedup(sp: Speedup | None, baseline: bool = False, interval: bool = False) -> str:
+    """4.00x; >= 2.31x when the baseline's censored runs leave it a lower bound; <= ... an upper one."""
+    if baseline:
+        return "1.0x"
+    if sp is None:
+        return "-"
+    if sp.exact:
+        text = f"{fmt_ratio(sp.low)}x"
+    elif sp.high == math.inf and sp.low > 0:
+        text = f"≥ {fmt_ratio(sp.low)}x"
+    elif sp.low == 0 and sp.high < math.inf:
+        text = f"≤ {fmt_ratio(sp.high)}x"
+    else:
+        text = f"{fmt_ratio(sp.low)}-{fmt_ratio(sp.high)}x"
+    return text + (f" [{fmt_ratio(sp.interval_low)}, {fmt_ratio(sp.interval_high)}]" if interval else "")
+
+
+def fmt_estimate(e: Estimate | None, scale: float = 1.0, digits: int = 0) -> str:
+    if e is None:
+        return "-"
+    value, low, high = (fmt_count(x * scale if math.isfinite(x) else x, digits) for x in (e.value, e.low, e.high))
+    return f"{value} [{low}, {high}]"

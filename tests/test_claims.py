@@ -1,0 +1,101 @@
+"""Claims as code (bnexp/claims.py): rules that turn an interval into a verdict, claims files, and
+verdicts computed by `bnexp report --claims` from runs, and again from runs.csv alone."""
+
+import math
+
+import pytest
+from test_report import make_run
+
+from bnexp import claims
+from bnexp.errors import UserError
+
+ABOVE = {"holds_above": 14, "partly_above": 1}
+BELOW = {"holds_below": 0}
+
+
+@pytest.mark.parametrize("rule, low, high, verdict", [
+    (ABOVE, 15, 30, claims.HOLDS),  # the whole interval above 14
+    (ABOVE, 2, 5, claims.PARTLY),  # faster, but not 14x
+    (ABOVE, 0.5, 0.9, claims.NOT),
+    (ABOVE, 10, 20, claims.INCONCLUSIVE),  # spans 14
+    (ABOVE, 0.5, 3, claims.INCONCLUSIVE),  # spans 1
+    (ABOVE, 20, math.inf, claims.HOLDS),  # a lower bound above 14 is enough
+    ({"holds_above": 1}, 1.2, math.inf, claims.HOLDS),
+    ({"holds_above": 1}, 0.8, 1.3, claims.INCONCLUSIVE),
+    ({"holds_above": 1}, 0.2, 1.0, claims.NOT),  # at most 1: not above it
+    (BELOW, -0.3, -0.1, claims.HOLDS),
+    (BELOW, 0.1, 0.3, claims.NOT),
+    (BELOW, -0.1, 0.1, claims.INCONCLUSIVE),
+    ({"holds_below": -0.5, "partly_below": 0}, -0.3, -0.1, claims.PARTLY),
+    (ABOVE, math.nan, 3, claims.INCONCLUSIVE),
+])
+def test_the_rule_is_the_region_the_whole_interval_lies_in(rule, low, high, verdict):
+    assert claims.decide(rule, low, high) == verdict
+
+
+def write(tmp_path, text):
+    path = tmp_path / "claims.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("claims: []", "declares no claims"),
+    ("claims: [{measure: speed, rule: {holds_above: 1}}]", "measure must be one of"),
+    ("claims: [{measure: speedup, rule: {}}]", "rule needs one of holds_above, holds_below"),
+    ("claims: [{measure: speedup, rule: {holds_above: 2, partly_below: 1}}]", "the same way"),
+    ("claims: [{measure: speedup, target: 0.98, rule: {holds_above: 1}}]", "target must be target"),
+    ("claims: [unclosed", "cannot be read"),
+])
+def test_a_bad_claims_file_is_one_line(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        claims.load(write(tmp_path, text))
+    with pytest.raises(UserError, match="no claims file 'nowhere'"):
+        claims.load("nowhere")
+
+
+CLAIMS = """study: a hand-made study
+claims:
+  - id: faster
+    claim: BN gets there sooner
+    paper: 14x
+    measure: speedup
+    variant: norm=batch
+    target: every_seed
+    rule: {holds_above: 1}
+  - id: sooner
+    claim: a BN run is likely to get there first
+    paper: "-"
+    measure: p_sooner
+    variant: norm=batch
+    target: target
+    rule: {holds_above: 0.5}
+  - id: better
+    claim: BN ends higher
+    paper: "+0.2 points"
+    measure: best_accuracy_gain
+    variant: norm=batch
+    rule: {holds_above: 0}
+"""
+
+
+def test_verdicts_from_runs_and_again_from_runs_csv_alone(bnexp, tmp_path):
+    # Baseline bests 0.90 / 0.92 (lowest 0.90, reached at 6000 and 5000); BN at 1000 and 2000, bests 0.96, 0.97.
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 3000: 0.85, 6000: 0.90})
+    make_run(tmp_path / "runs", "a1", "none", 1, {0: 0.1, 5000: 0.90, 6000: 0.92})
+    make_run(tmp_path / "runs", "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96})
+    make_run(tmp_path / "runs", "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97})
+    done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, CLAIMS), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    assert "# Verdicts: a hand-made study" in verdict and "computed by bnexp/claims.py from runs.csv" in verdict.lower()
+    # To 0.90: baseline 6000, 5000 (median 5500), BN 1000, 1000: 5.5x; resamples give 5000-6000 / 1000.
+    assert "| BN gets there sooner | 14x | 5.50x [5.00, 6.00] | 2 | holds above 1 | **holds (rough)** |" in verdict
+    assert "| BN ends higher | +0.2 points | 5.50 [" in verdict and "**holds (rough)** |" in verdict
+    rows = (tmp_path / "out" / "verdict.csv").read_text().splitlines()
+    assert rows[0].startswith("id,claim,paper,measure") and len(rows) == 4
+    again = bnexp("report", str(tmp_path / "out" / "runs.csv"), "--claims", write(tmp_path, CLAIMS))
+    assert again.returncode == 0, again.stderr
+    assert "5.50x [5.00, 6.00]" in again.stdout  # the same numbers from the committed file alone
+    alone = bnexp("report", str(tmp_path / "out" / "runs.csv"))
+    assert alone.returncode == 2 and "add --claims NAME" in alone.stderr
