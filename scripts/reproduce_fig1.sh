@@ -23,4 +23,5 @@ fi
 
 "$bnexp" train -m experiment=fig1_mnist norm=none,batch trainer.seed=0 trainer.replicas=10 trainer.compile=true \
   trainer.progress=false hydra.sweep.dir="$sweeps/seeds_$stamp"
-"$bnexp" report "$sweeps/seeds_$stamp" --baseline norm=none --targets 0.97,0.98 --out "$out"
+"$bnexp" report "$sweeps/seeds_$stamp" --baseline norm=none --targets 0.97,0.98 --claims "$out/claims.yaml" \
+  --out "$out"
