@@ -30,7 +30,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnexp import distributed, rundir
 from bnexp.config import config_dir, read_overrides
@@ -92,12 +92,9 @@ def train_command(cfg: DictConfig) -> dict:
                 write_json_atomic(run_dir / FAILURE, {"status": Status.FAILED, "error": str(e)})
             except OSError as why:
                 log.error("%s could not be written either (%s)", run_dir / FAILURE, why)
-        return {"status": Status.FAILED}
+        return f"failed: {e}" if cfg.get("optimized_metric") else {"status": Status.FAILED}
     for path, summary in results.items():
-        outcome = str(summary["status"])
-        if summary["diverged_at_step"] is not None:
-            outcome += f" at step {summary['diverged_at_step']}"
-        log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome, summary["best_accuracy"],
+        log.info("%s: best test accuracy %s (step %s), final %s | %s", outcome_of(summary), summary["best_accuracy"],
                  summary["best_step"], summary["final_accuracy"], path)
     statuses = [summary["status"] for summary in results.values()]
     if Status.FAILED in statuses and not in_sweep:  # a sweep lists it at its end
@@ -108,7 +105,33 @@ def train_command(cfg: DictConfig) -> dict:
         # 130 for Ctrl-C, 143 for SIGTERM, as the shell reports them; stops a sweep too.
         stopped = next(summary for summary in results.values() if summary["status"] == Status.INTERRUPTED)
         sys.exit(128 + signal.Signals[stopped.get("stopped_by", "SIGINT")].value)
+    if cfg.optimized_metric:
+        return objective(list(results.values()), cfg.optimized_metric, cfg.optimized_never or 2 * cfg.trainer.max_steps)
     return {str(path): summary for path, summary in results.items()}
+
+
+def outcome_of(summary: dict) -> str:
+    """How a run ended, in words: "completed", "diverged at step 812", "failed: <why>"."""
+    at, error = summary.get("diverged_at_step"), summary.get("error")
+    return str(summary["status"]) + (f" at step {at}" if at is not None else "") + (f": {error}" if error else "")
+
+
+def objective(summaries: list[dict], metric: str, never: int) -> float | str:
+    """What a sweeper optimizes: `metric` of the runs, mean over the seeds of a replicated run. Where
+    a run failed, or diverged when the metric is an accuracy, the setting did not train: the task
+    returns why, as text, which Optuna's sweeper records as a failed trial with that reason (and
+    goes on). For steps to a target, a diverged run never got there: `never` steps."""
+    values = []
+    for summary in summaries:
+        if metric.startswith("steps_to_target.") and summary["status"] != Status.FAILED:
+            step = summary["steps_to_target"].get(metric.removeprefix("steps_to_target."))
+            values.append(never if step is None else step)
+        elif summary["status"] != Status.COMPLETED:
+            return outcome_of(summary)
+        else:
+            values.append(summary[metric])
+    log.info("%s = %s (%s)", metric, sum(values) / len(values), ", ".join(map(str, values)))
+    return sum(values) / len(values)
 
 
 class CheckOutputDir(Callback):
@@ -138,6 +161,22 @@ class CheckOutputDir(Callback):
             print(UserError(f"output directory {directory} cannot be used ({e.strerror or e}); "
                             "set runs_root=... or $BNEXP_RUNS"), file=sys.stderr)
             sys.exit(2)
+
+
+class CheckSweepDirection(Callback):
+    """Before a sweep that optimizes a number starts: an accuracy is maximized, an error or a step
+    count minimized. A sweeper set the other way (Optuna's default is minimize) is refused in one line."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        metric = config.get("optimized_metric")
+        direction = str(OmegaConf.select(config, "hydra.sweeper.direction", default="") or "").lower()
+        direction = direction.removeprefix("direction.")
+        if metric and direction in ("minimize", "maximize"):
+            wanted = "maximize" if metric.endswith("accuracy") else "minimize"
+            if direction != wanted:
+                print(UserError(f"optimized_metric={metric} is to {wanted}, but the sweeper is set to {direction}: "
+                                f"set hydra.sweeper.direction={wanted}"), file=sys.stderr)
+                sys.exit(2)
 
 
 class ListSweepOutcomes(Callback):

@@ -105,6 +105,7 @@ def validate(cfg: DictConfig) -> None:
     c = Checks(cfg)
     c.text("name")
     c.text("runs_root")
+    _objective(c)
     for group, rules in (("data", DATA), ("model", MODELS), ("norm", NORMS), ("optim", OPTIMIZERS),
                          ("schedule", SCHEDULES)):
         rules[c.choice(f"{group}.name", tuple(rules))](c)
@@ -377,6 +378,18 @@ def _trainer(c: Checks) -> None:
     c.choice("trainer.resume", ("auto", "never"))
     c.whole("trainer.threads", "> 0", null=True)
     c.whole("trainer.replicas", ">= 1")
+
+
+OBJECTIVES = ("best_accuracy", "final_accuracy", "best_error", "final_error")  # and steps_to_target.<t>
+
+
+def _objective(c: Checks) -> None:
+    metric = c.value("optimized_metric")
+    targets = c.value("trainer.targets")
+    steps = [f"steps_to_target.{t}" for t in (targets if isinstance(targets, ListConfig) else [targets])]
+    if metric is not None and metric not in (*OBJECTIVES, *steps):
+        raise UserError(f"optimized_metric must be null or one of {', '.join((*OBJECTIVES, *steps))}, got {metric!r}")
+    c.whole("optimized_never", "> 0", null=True)
 
 
 def _probes(c: Checks) -> None:
