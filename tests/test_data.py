@@ -241,3 +241,23 @@ def test_fashion_mnist_missing_with_download_off_is_one_line(bnexp, tmp_path):
     assert done.returncode == 2
     expected = f"bnexp: error: Fashion-MNIST is not under {tmp_path / 'empty'} and data.download=false"
     assert done.stderr.strip() == expected
+
+
+def test_fashion_mnist_online_uses_torchvisions_download_and_no_deb(tmp_path, monkeypatch):
+    """Where torchvision's download works, its files are read; Debian's package is never asked for."""
+    from torchvision.datasets import FashionMNIST
+
+    content = make_deb(tmp_path / "unused.deb", per_class=(3, 2))
+
+    def download(self):  # what torchvision's download leaves: the four uncompressed idx files
+        raw = Path(self.raw_folder)
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, array in content.items():
+            (raw / name).write_bytes(idx_bytes(array))
+
+    monkeypatch.setattr(FashionMNIST, "download", download)
+    monkeypatch.setattr(mnist, "download_deb", lambda dest: (_ for _ in ()).throw(AssertionError("not offline")))
+    monkeypatch.setattr(mnist, "FASHION_LABEL_COUNTS", {"train": [3] * 10, "test": [2] * 10})
+    (train_x, train_y), _ = mnist.load_fashion_mnist(tmp_path / "root")
+    assert train_y.tolist() == content["train-labels-idx1-ubyte"].tolist()
+    assert (tmp_path / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
