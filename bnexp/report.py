@@ -392,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--baseline", help="the baseline variant (default: the one without normalization)")
     parser.add_argument("--targets", type=accuracies_argument, default=[],
                         help="extra fixed accuracies for steps-to columns, e.g. 0.97,0.98")
-    parser.add_argument("--claims", help="a claims file (a path, or a name from configs/claims): write verdict.md "
-                        "and verdict.csv, each claim's verdict computed from runs.csv; with a runs.csv as PATH, "
-                        "the verdicts alone, from that file")
-    parser.add_argument("--out", type=Path, help="write report.md, report.csv, curves.csv, figures, "
+    parser.add_argument("--claims", help="a claims file (a path, or a study's name: results/NAME/claims.yaml): "
+                        "each claim's verdict computed from runs.csv, into verdict.md and verdict.csv; with a "
+                        "runs.csv as PATH, the verdicts alone, from that file")
+    parser.add_argument("--out", type=Path, help="write report.md, report.csv, runs.csv, curves.csv, figures, "
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
     args = parser.parse_args(argv)
