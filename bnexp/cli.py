@@ -53,7 +53,8 @@ commands:
   finalize RUN_DIR    re-evaluate a run with the paper's population statistics (Algorithm 2)
                       instead of moving averages, on the same weights: RUN_DIR/finalized.json
   report PATH...      tables (markdown, csv) and figures from runs or sweeps: steps to the
-                      baseline's best accuracy, speed-up, best accuracy over seeds
+                      baseline's best accuracy, speed-up, best accuracy over seeds, with 95%
+                      intervals; runs.csv; with --claims, each claim's computed verdict
                       e.g. bnexp report ~/bnexp-runs/fig1_mnist --out report/
 
 Data parallel: torchrun --nproc_per_node=N -m bnexp train [overrides] (norm.sync=true: SyncBN)
