@@ -241,3 +241,19 @@ def test_a_sweep_runs_one_replicated_job_per_config(bnexp, runs_root):
     assert [(p.parent.name.split("_")[0], p.name) for p in runs] == [("0", "seed_0"), ("0", "seed_1"),
                                                                      ("1", "seed_0"), ("1", "seed_1")]
     assert [load_run(p).config["norm.name"] for p in runs] == ["none", "none", "batch", "batch"]
+
+
+def test_the_replicas_left_in_a_group_resume_as_themselves(bnexp, tmp_path):
+    """A group whose seed 0 has ended and whose seed 1 stopped at step 100: `bnexp resume GROUP`
+    continues seed 1 alone, with seed 1's batches (not the group's first seed's), and it ends as
+    its uninterrupted self."""
+    group = tmp_path / "group"
+    assert bnexp("train", *FAST, "trainer.replicas=2", "trainer.checkpoint_every=100",
+                 f"hydra.run.dir={group}").returncode == 0
+    shutil.copytree(group / "seed_1", tmp_path / "reference")
+    (group / "seed_1" / "summary.json").unlink()
+    checkpoint.checkpoints(group / "seed_1")[0].unlink()  # back to its step-100 checkpoint
+    done = bnexp("resume", str(group))
+    assert done.returncode == 0, done.stderr
+    assert "x 1 replicas (seeds 1)" in done.stdout and "seed_0 already completed" in done.stdout
+    assert_same_run(tmp_path / "reference", group / "seed_1", tolerance=1e-4, optimizer=True)
