@@ -65,8 +65,9 @@ Runs go to $BNEXP_RUNS (default ~/bnexp-runs); watch them with: tensorboard --lo
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def train_command(cfg: DictConfig) -> dict:
-    """The Hydra task of `bnexp train`: one job, i.e. one config, its runs trained in its run dir."""
+def train_command(cfg: DictConfig) -> dict | float | str:
+    """The Hydra task of `bnexp train`: one job, i.e. one config, its runs trained in its run dir.
+    Returns the runs' summaries, or with optimized_metric set the number a sweeper optimizes."""
     from bnexp.config import validate
     from bnexp.train import run
 
@@ -75,7 +76,8 @@ def train_command(cfg: DictConfig) -> dict:
     try:
         validate(cfg)
         rank, _ = distributed.rank_and_world()
-        with rundir.owned(*[run_dir] * (rank == 0)):  # rank 0 owns the dir for all of a run's processes
+        owned = [run_dir] if rank == 0 else []  # rank 0 owns the dir for all of a run's processes
+        with rundir.owned(*owned):
             (run_dir / FAILURE).unlink(missing_ok=True)  # from an earlier attempt
             results = run(cfg, run_dir)
     except Exception as e:
