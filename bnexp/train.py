@@ -73,26 +73,27 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
     rank, world = distributed.rank_and_world()
     seeds = list(configs)
     device = builders.prepare_process(cfg.trainer)
-    # One copy of the data, batched as the first seed's run; the other seeds get its reseeded views.
+    # One copy of the data; each replica of a group batches it as its seed's run alone would.
+    group = cfg.trainer.replicas > 1
     data = datasets.build(cfg.data, configs[seeds[0]].trainer, device, shard=(rank, world))
     nets = []
     for s in seeds:
         torch.manual_seed(s)  # as the run of seed s alone: its initial weights
         nets.append(models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device))
     states = resume_states(cfg.trainer.resume, configs, dirs, writes=rank == 0)
-    if cfg.trainer.replicas == 1:  # the replicas of a group stay stacked, however many are left to train
+    if not group:  # the replicas of a group stay stacked, however many are left to train
         stepper = OneModel(nets[0], builders.make_optimizer(nets[0].parameters(), cfg.optim), cfg.trainer)
     else:
         stepper = StackedModels(nets, lambda params: builders.make_optimizer(params, cfg.optim), cfg.trainer)
     step_probes = StepProbes(cfg.probes, nets[0]) if step_probes_on(cfg.probes) else None
-    overrides = run_overrides(run_dir) if cfg.trainer.replicas > 1 and rank == 0 else None
+    overrides = run_overrides(run_dir) if group and rank == 0 else None
     records = []
     for r, s in enumerate(seeds):
         if overrides is not None:
             write_overrides(dirs[s], overrides, s)
         runlog = open_runlog(configs[s], dirs[s], nets[r], states[r], step_probes) if rank == 0 else NullLog()
         record = RunRecord(configs[s].trainer, dirs[s], nets[r], stepper.optimizer_of(r),
-                           data if s == seeds[0] else data.reseeded(s), runlog, writes_checkpoints=rank == 0,
+                           data.reseeded(s) if group else data, runlog, writes_checkpoints=rank == 0,
                            population_batches=builders.population_batches(cfg.norm))
         if states[r] is not None:
             record.restore(states[r])
@@ -107,7 +108,6 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
     where = f"{device}" + (f" x {world} processes" if world > 1 else "")
     if device.type == "cpu":
         where += f" ({torch.get_num_threads()} threads)"
-    group = cfg.trainer.replicas > 1
     what = cfg.model.name + (f" x {len(seeds)} replicas (seeds {', '.join(map(str, seeds))})" if group else "")
     log.info("run dir %s | %s on %s | %d parameters%s", run_dir, what, where,
              sum(p.numel() for p in nets[0].parameters()), " each" * group)
