@@ -25,6 +25,7 @@ two; "rough" is added where the interval rests on fewer than stats.ROUGH seeds.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +96,9 @@ def load(name: str) -> tuple[str, list[Claim]]:
     return str(spec.get("study", path.stem)), claims
 
 
-def read_runs_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def read_runs_csv(text: str) -> list[dict]:
+    """runs.csv's rows (its text), as the verdicts read them."""
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def decide(rule: dict, low: float, high: float) -> str:
@@ -176,6 +177,7 @@ def verdict_markdown(study: str, verdicts: list[Verdict], source: str) -> str:
 
 
 def write_verdicts(study: str, verdicts: list[Verdict], out: Path, source: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.md").write_text(verdict_markdown(study, verdicts, source))
     with open(out / "verdict.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -248,8 +248,8 @@ def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
         writer.writerows(flat_rows)
 
 
-def write_runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float], path: Path) -> None:
-    """One row per run, so that any statistic of the report can be recomputed from this file alone:
+def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float]) -> str:
+    """runs.csv's text: one row per run, so that any statistic of the report can be recomputed from it alone:
     steps_to_<target> is the first evaluated step at or above it, empty where the run never got
     there (censored at last_evaluated_step); steps_to_target is the baseline's mean best (or
     --target), steps_to_every_seed its lowest best, as the report's targets A and B."""
@@ -260,23 +260,24 @@ def write_runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targe
               "diverged_at_step", "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
     root = common_parent([r.path for runs in variants.values() for r in runs])
     baseline = next(r["variant"] for r in rows if r["baseline"])
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for name, runs in variants.items():
-            for r in runs:
-                summary = r.summary or {}
-                best_step, best = max(r.accuracy, key=lambda h: (h[1], -h[0]))
-                w.writerow({
-                    "variant": name, "baseline": name == baseline, "run": str(r.path.resolve().relative_to(root)),
-                    "seed": r.seed, "status": r.status, "steps": summary.get("steps"),
-                    "max_steps": r.config.get("trainer.max_steps"), "best_accuracy": best, "best_step": best_step,
-                    "final_accuracy": r.accuracy[-1][1], "final_step": r.accuracy[-1][0],
-                    "last_evaluated_step": r.accuracy[-1][0],
-                    **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
-                    **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
-                                                   "git_dirty")},
-                })
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=fields)
+    w.writeheader()
+    for name, runs in variants.items():
+        for r in runs:
+            summary = r.summary or {}
+            best_step, best = max(r.accuracy, key=lambda h: (h[1], -h[0]))
+            w.writerow({
+                "variant": name, "baseline": name == baseline, "run": str(r.path.resolve().relative_to(root)),
+                "seed": r.seed, "status": r.status, "steps": summary.get("steps"),
+                "max_steps": r.config.get("trainer.max_steps"), "best_accuracy": best, "best_step": best_step,
+                "final_accuracy": r.accuracy[-1][1], "final_step": r.accuracy[-1][0],
+                "last_evaluated_step": r.accuracy[-1][0],
+                **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
+                **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
+                                               "git_dirty")},
+            })
+    return text.getvalue()
 
 
 def common_parent(paths: list[Path]) -> Path:
@@ -399,21 +400,28 @@ def main(argv: list[str] | None = None) -> int:
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
     args = parser.parse_args(argv)
-    fixed_targets = args.targets
-
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"bnexp report: error: no such path: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
-        claims = load_claims(args.claims) if args.claims else None
-        if len(args.paths) == 1 and args.paths[0].is_file() and args.paths[0].suffix == ".csv":
-            if claims is None:
-                raise UserError("a runs.csv alone gives the verdicts: add --claims NAME")
-            return verdicts_from(args.paths[0], claims, args.out)
-    except UserError as e:
+        return report(args)
+    except UserError as e:  # a bad claims file, or claims the runs cannot decide: before anything is written
         print(e, file=sys.stderr)
         return 2
+
+
+def report(args: argparse.Namespace) -> int:
+    fixed_targets = args.targets
+    claims = load_claims(args.claims) if args.claims else None
+    if len(args.paths) == 1 and args.paths[0].is_file() and args.paths[0].suffix == ".csv":
+        if claims is None:
+            raise UserError("a runs.csv alone gives the verdicts: add --claims NAME")
+        found = evaluate_claims(claims[1], read_runs_csv(args.paths[0].read_text()))
+        print(verdict_markdown(claims[0], found, str(args.paths[0])))
+        for path in write_verdicts(claims[0], found, args.out, str(args.paths[0])) if args.out else []:
+            print(f"wrote {path}")
+        return 0
     runs, left_out = [], []
     for path in find_run_dirs(args.paths):
         try:
@@ -447,14 +455,19 @@ def main(argv: list[str] | None = None) -> int:
     if left_out:
         lines += ["Left out (not readable):", *(f"- {path}: {why}" for path, why in left_out), ""]
     text = "\n".join(lines)
+    per_run = runs_csv(variants, rows, fixed_targets)
+    # The verdicts come from runs.csv's text, the file a reader recomputes them from.
+    found = evaluate_claims(claims[1], read_runs_csv(per_run)) if claims else None
     print(text)
+    if found is not None:
+        print(verdict_markdown(claims[0], found, "runs.csv"))
     for path, why in left_out:
         print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.md").write_text(text)
         write_csv(rows, fixed_targets, args.out / "report.csv")
-        write_runs_csv(variants, rows, fixed_targets, args.out / "runs.csv")
+        (args.out / "runs.csv").write_text(per_run)
         write_curves_csv(variants, args.out / "curves.csv")
         write_seed_runs(variants, args.out / "tensorboard")
         print(f"wrote {args.out / 'tensorboard'} (tensorboard --logdir {args.out / 'tensorboard'})")
@@ -464,30 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         if probes := step_probe_stats(variants):
             write_step_probes_csv(probes, args.out / "probes.csv")
             written += [args.out / "probes.csv", *plot_step_probes(probes, list(variants), args.out)]
-        if claims is not None:
-            written += verdicts_from(args.out / "runs.csv", claims, args.out, quiet=True)
+        if found is not None:
+            written += write_verdicts(claims[0], found, args.out, "runs.csv")
         for path in written:
             print(f"wrote {path}")
-    elif claims is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_runs_csv(variants, rows, fixed_targets, Path(tmp) / "runs.csv")
-            verdicts_from(Path(tmp) / "runs.csv", claims, None)
     return 0
-
-
-def verdicts_from(runs_csv: Path, claims, out: Path | None, quiet: bool = False):
-    """The claims' verdicts computed from a runs.csv: printed, and written to out (verdict.md, .csv)."""
-    study, declared = claims
-    found = evaluate_claims(declared, read_runs_csv(runs_csv))
-    source = "runs.csv" if out is not None and runs_csv.parent == out else str(runs_csv)
-    if not quiet:
-        print(verdict_markdown(study, found, source))
-    if out is None:
-        return 0 if not quiet else []
-    out.mkdir(parents=True, exist_ok=True)
-    written = write_verdicts(study, found, out, source)
-    if not quiet:
-        for path in written:
-            print(f"wrote {path}")
-        return 0
-    return written

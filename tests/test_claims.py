@@ -99,3 +99,15 @@ def test_verdicts_from_runs_and_again_from_runs_csv_alone(bnexp, tmp_path):
     assert "5.50x [5.00, 6.00]" in again.stdout  # the same numbers from the committed file alone
     alone = bnexp("report", str(tmp_path / "out" / "runs.csv"))
     assert alone.returncode == 2 and "add --claims NAME" in alone.stderr
+
+
+def test_claims_the_runs_cannot_decide_are_one_line_and_nothing_is_written(bnexp, tmp_path):
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 6000: 0.90})
+    make_run(tmp_path / "runs", "b0", "batch", 0, {0: 0.1, 2000: 0.96})
+    unknown = CLAIMS.replace("variant: norm=batch", "variant: norm=layer")
+    for out in ([], ["--out", str(tmp_path / "out")]):
+        done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, unknown), *out)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            "bnexp: error: claim faster: no variant 'norm=layer' among the runs (norm=none, norm=batch)"]
+    assert not (tmp_path / "out").exists()  # no report.md or runs.csv that looks finished
