@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Is the paper's "14x" BN, or the 6x faster learning-rate decay of its BN-x5 recipe? BN-x5 with its
+# decay sped up 1x, 2x, 3x and 6x (the paper's) against the Inception baseline, 3 seeds each, on the
+# network and recipe of the Figure 3 study of one dataset (configs/scale/inception_<data>_plateau.yaml).
+#
+#   DATA=mnist bash scripts/reproduce_schedule.sh baseline   # the Inception baseline, 3 seeds (8,000 steps on MNIST)
+#   DATA=mnist bash scripts/reproduce_schedule.sh bn_x5      # BN-x5 at each decay speed-up, 3 seeds each
+#   DATA=mnist bash scripts/reproduce_schedule.sh report     # runs.csv, report, verdict: results/schedule/mnist
+#
+# Each BN-x5 run lasts the baseline's length divided by its decay speed-up (at least the Figure 3
+# study's 1,500 steps): its learning rate is then spent to the baseline's final fraction of its start.
+# Runs are named by their overrides (model, speed-up, seed), so SPEEDUPS and SEEDS split a step into
+# lanes that run at once, and a step run again skips what is finished and resumes what was stopped.
+# Arguments after the step go to bnexp train (e.g. trainer.threads=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+data=${DATA:?DATA=mnist or DATA=fashion_mnist}
+sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/schedule_$data
+out=results/schedule/$data
+seeds=${SEEDS:-0,1,2}
+speedups=${SPEEDUPS:-6 3 2 1}
+scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
+# The baseline's length, read from the scale preset through Hydra (the one place it is set).
+length() {
+  "$bnexp" train experiment=inception scale="inception_${data}_plateau" --cfg job --resolve 2>/dev/null |
+    sed -n 's/^  max_steps: \([0-9]*\)$/\1/p'
+}
+
+case "${1:-}" in
+  baseline)
+    "$bnexp" train -m experiment=inception "${scale[@]}" trainer.seed="$seeds" \
+      hydra.sweep.dir="$sweeps/baseline" "${@:2}" ;;
+  bn_x5)
+    steps=$(length)
+    [[ -n $steps ]] || { echo "reproduce_schedule: no trainer.max_steps in scale=inception_${data}_plateau" >&2; exit 2; }
+    for s in $speedups; do
+      n=$(( steps / s > 1500 ? steps / s : 1500 ))
+      "$bnexp" train -m experiment=bn_x5 "${scale[@]}" name="bn_x5_decay${s}x" schedule.speedup="$s" \
+        trainer.max_steps="$n" trainer.seed="$seeds" hydra.sweep.dir="$sweeps/bn_x5" "${@:2}"
+    done ;;
+  report)
+    "$bnexp" report "$sweeps/baseline" "$sweeps/bn_x5" --baseline inception --targets 0.95,0.98,0.99 \
+      --claims "results/schedule/claims_$data.yaml" --out "$out" ;;
+  *) echo "usage: DATA=mnist|fashion_mnist $0 baseline | bn_x5 | report" >&2; exit 2 ;;
+esac
