@@ -50,11 +50,12 @@ class PercentileProbe:
         return record
 
     @contextmanager
-    def recording(self):
-        """Hooks exist only while recording: training steps pay nothing for the probe."""
+    def recording(self, points: dict[str, nn.Module] | None = None):
+        """Hooks exist only while recording: training steps pay nothing for the probe. points: the
+        same units in another copy of the network (the inference network with BN folded)."""
         for values in self._values.values():
             values.clear()
-        with input_hooks(self.points, self._hook):
+        with input_hooks(points or self.points, self._hook):
             yield
 
     def percentiles(self) -> dict[str, float]:

@@ -18,7 +18,7 @@ import torch
 from bnexp import checkpoint
 from bnexp.builders import autocast, in_layout
 from bnexp.errors import UserError, first_line
-from bnexp.evaluation import error_with_batch_statistics, test_metrics
+from bnexp.evaluation import error_with_batch_statistics, fold_batch_norms, test_metrics
 from bnexp.norm import batch_statistics_layers, finalize_population
 from bnexp.probes import PercentileProbe
 from bnexp.summary import ENDED, Status, Summary, first_step_reaching, provenance
@@ -36,7 +36,7 @@ class RunRecord:
         self.writes_checkpoints, self.population_batches = writes_checkpoints, population_batches
         self.max_steps, self.targets, self.batch_size = int(cfg.max_steps), list(cfg.targets), int(cfg.batch_size)
         self.device = next(model.parameters()).device
-        self.amp, self.channels_last = bool(cfg.amp), bool(cfg.channels_last)
+        self.amp, self.channels_last, self.fold_bn = bool(cfg.amp), bool(cfg.channels_last), bool(cfg.eval_fold_bn)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
@@ -87,8 +87,9 @@ class RunRecord:
         def prepare(x):
             return in_layout(x, self.channels_last)
 
-        with self.probe.recording(), autocast(self.device, self.amp):
-            accuracy, loss = test_metrics(self.model, self.data, prepare)
+        inference = fold_batch_norms(self.model) if self.fold_bn else self.model
+        with self.probe.recording(inference.probe_points()), autocast(self.device, self.amp):
+            accuracy, loss = test_metrics(inference, self.data, prepare)
         self.history.append((step, accuracy))
         batchstats = {}
         if self.batch_norms:

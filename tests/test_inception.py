@@ -11,7 +11,7 @@ from torch import nn
 
 from bnexp import data, models, norm
 from bnexp.builders import lr_factor
-from bnexp.models.inception import MODULES, Inception, LocalResponseNorm
+from bnexp.models.inception import MODULES, Inception, LocalResponseNorm, PointwiseConv
 
 from conftest import run_dirs, summaries
 
@@ -92,6 +92,36 @@ def test_bias_dropped_exactly_where_a_norm_follows():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == len(convs)
     without = Inception(1, 10, 28, 0.125, "auto", "relu", 0.0, False, NONE)
     assert all(m.bias is not None for m in without.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_is_the_1x1_convolution(channels_last, bias):
+    """On channels_last input the 1x1 convolution is a matrix product of the NHWC view: the same
+    values, gradients and output layout as nn.Conv2d with the same parameters."""
+    torch.manual_seed(0)
+    ours = PointwiseConv(6, 5, bias).double()
+    theirs = nn.Conv2d(6, 5, 1, bias=bias).double()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    a, b = ours(x), theirs(x)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert a.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grad = torch.randn_like(a)
+    for u, v in zip(torch.autograd.grad(a, [x, *ours.parameters()], grad),
+                    torch.autograd.grad(b, [x, *theirs.parameters()], grad), strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
+
+
+def test_every_stride_1_pointwise_convolution_is_a_pointwise_conv():
+    net = Inception(1, 10, 28, 0.125, "auto", "relu", 0.0, False, BATCH)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    pointwise = [m for m in convs if m.kernel_size == (1, 1) and m.stride == (1, 1)]
+    assert pointwise and all(isinstance(m, PointwiseConv) for m in pointwise)
+    assert all(type(m) is nn.Conv2d for m in convs if m not in pointwise)
 
 
 @pytest.mark.parametrize("size", [1, 4, 5, 6])

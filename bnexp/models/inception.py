@@ -67,12 +67,34 @@ class LocalResponseNorm(nn.Module):
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution (stride 1) that, on a channels_last input, is computed as one matrix product
+    of the input's NHWC view (N*H*W x C_in) with the weight: the same function (to float rounding,
+    tested), the same parameters and output layout; oneDNN's convolution has more overhead at this
+    network's small channel counts: the training step of the CPU-scale net is about 9% faster."""
+
+    def __init__(self, c_in: int, c_out: int, bias: bool):
+        super().__init__(c_in, c_out, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels_last, read from the strides (a layout query is not allowed inside vmap, where
+        # replicas run); NCHW, and a 1x1 map where the layouts coincide, take the convolution.
+        c, h, w = x.shape[-3:]
+        if x.dim() != 4 or x.stride() != (h * w * c, 1, w * c, c) or h * w == 1:
+            return super().forward(x)
+        nhwc = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
+        return nhwc.permute(0, 3, 1, 2)  # an NCHW view of NHWC memory: channels_last, as the input
+
+
 class ConvUnit(nn.Sequential):
     """conv -> norm -> nonlinearity; the conv keeps its bias only when no norm follows."""
 
     def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation):
         norm = norm_builder(c_out, "conv")
-        layers = OrderedDict(conv=nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=norm is None))
+        bias = norm is None
+        conv = (PointwiseConv(c_in, c_out, bias) if kernel == 1 and stride == 1
+                else nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=bias))
+        layers = OrderedDict(conv=conv)
         if norm is not None:
             layers["norm"] = norm
         layers["act"] = ACTIVATIONS[activation]()

@@ -1,0 +1,88 @@
+"""The inference network with BN folded (bnexp/evaluation.py fold_batch_norms): the same function
+as the eval-mode network, for the MLP and the Inception-style net, in both memory layouts."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from bnexp import models
+from bnexp.evaluation import fold_batch_norms
+from bnexp.probes import PercentileProbe
+
+BATCH = OmegaConf.create({"name": "batch", "eps": 1e-3, "momentum": 0.5})
+LAYER = OmegaConf.create({"name": "layer", "eps": 1e-5})
+MLP = OmegaConf.create({"name": "mlp", "hidden": [50, 50], "activation": "sigmoid", "init_std": 0.5})
+INCEPTION = OmegaConf.create({"name": "inception", "width": 0.125, "stem": "small", "stem_pool": True,
+                              "activation": "relu", "dropout": 0.0, "lrn": False})
+
+
+def trained(model_cfg, norm_cfg, channels_last=False):
+    """A network whose BN statistics and affine parameters are far from their initial values, so
+    that folding them is not a no-op."""
+    torch.manual_seed(0)
+    model = models.build(model_cfg, norm_cfg, (1, 28, 28), 10)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-1.0, 1.0)
+        for _ in range(3):  # running statistics of shifted, scaled inputs
+            model(3 * torch.rand(16, 1, 28, 28) + 1)
+    return model
+
+
+@pytest.mark.parametrize("model_cfg, channels_last", [(MLP, False), (INCEPTION, False), (INCEPTION, True)])
+def test_folded_network_computes_the_eval_network(model_cfg, channels_last):
+    model = trained(model_cfg, BATCH, channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_batch_norms(model)
+    assert model.training  # the model itself is left as it was: training mode, BN layers, values
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    n_bn = sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0 and not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in folded.modules())
+    x = 3 * torch.rand(20, 1, 28, 28) + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.eval()
+    with torch.inference_mode():
+        expected, got = model(x), folded(x)
+    assert (expected - expected.mean(0)).abs().max() > 0.1  # the outputs depend on the input
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # The percentile probe, recording the folded network's own units, sees the same pre-activations.
+    found = []
+    for net in (model, folded):
+        probe = PercentileProbe(model.probe_points(), unit=1)
+        with probe.recording(net.probe_points()), torch.inference_mode():
+            net(x)
+        found.append(probe.percentiles())
+    assert found[0].keys() == found[1].keys() and len(found[0]) == 3 * len(model.probe_points())
+    assert all(abs(found[0][k] - found[1][k]) < 1e-4 for k in found[0])
+
+
+def test_other_norms_are_kept():
+    model = trained(MLP, LAYER)
+    folded = fold_batch_norms(model)
+    assert sum(isinstance(m, nn.GroupNorm) for m in folded.modules()) == 2
+    x = torch.rand(5, 1, 28, 28)
+    model.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_run_evaluates_the_same_folded_or_not(bnexp, runs_root):
+    """trainer.eval_fold_bn changes how the test set is evaluated, not what: the same accuracies,
+    losses and probe percentiles (to float rounding) for a channels_last BN-Inception run."""
+    done = bnexp("train", "-m", "experiment=bn_x5", "data=synthetic", "model.width=0.0625", "data.n_train=256",
+                 "data.n_test=64", "trainer.max_steps=20", "trainer.eval_every=10", "trainer.log_every=10",
+                 "trainer.channels_last=true", "trainer.progress=false", "trainer.eval_fold_bn=true,false")
+    assert done.returncode == 0, done.stderr
+    scalars = []
+    for path in sorted(runs_root.rglob("metrics.csv")):
+        rows = [row.split(",") for row in path.read_text().splitlines()[1:]]
+        scalars.append({(step, key): float(v) for step, key, v in rows if key.startswith(("test/", "probe/"))})
+    assert len(scalars) == 2 and scalars[0].keys() == scalars[1].keys()
+    assert {key for _, key in scalars[0]} >= {"test/accuracy", "test/loss", "probe/inception3a/p50"}
+    assert all(abs(scalars[0][k] - scalars[1][k]) < 1e-4 for k in scalars[0])
