@@ -4,13 +4,19 @@ settings: bf16 autocast, channels_last, torch.compile, alone and together.
 Training: images/s of bnexp's trainer (its logged perf/steps_per_s, evaluation left out) and of
 a bare PyTorch loop with the same settings, their ratio, and the speed-up over the plain bare loop.
 Evaluation: images/s of bnexp's own evaluation (the whole test set in inference mode, with the
-probe, in batches of trainer.eval_batch_size). Evaluation runs the uncompiled module (where the
-probe's hooks live), so compile changes training only.
+probe, in batches of trainer.eval_batch_size), with BN folded into the convolutions (the default,
+trainer.eval_fold_bn) and without. Evaluation runs the uncompiled module (where the probe's hooks
+live), so compile changes training only.
+
+Every figure is also a rate of arithmetic: the FLOPs of one training step (forward and backward)
+and of one image's inference, counted by torch.utils.flop_counter, times the measured speed, as a
+share of what the same threads do on a 1024 x 1024 fp32 matrix product, measured in the same run.
 
 The scaled model of results/inception_mnist (BN-x5 recipe, width 1/8, MNIST) by default.
 
     python scripts/bench_inception.py                       # every setting (compile takes minutes on a CPU)
     python scripts/bench_inception.py --settings plain amp+channels_last
+    python scripts/bench_inception.py --threads 1 --settings plain channels_last   # one lane of a study
     python scripts/bench_inception.py --steps 300 -- experiment=bn_x5 data=cifar10 model.width=1
 """
 
@@ -22,11 +28,13 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from bench_trainer import compare
+from torch.utils.flop_counter import FlopCounterMode
 
 from bnexp import data as datasets
 from bnexp import models
-from bnexp.builders import pick_device
+from bnexp.builders import in_layout, pick_device
 from bnexp.config import compose
 from bnexp.record import RunRecord
 from bnexp.runlog import NullLog
@@ -40,6 +48,35 @@ SETTINGS = {
     "amp+channels_last+compile": ["trainer.amp=true", "trainer.channels_last=true", "trainer.compile=true"],
 }
 SCALED = ["experiment=bn_x5", "scale=inception_mnist_cpu", "trainer.log_every=25"]
+
+
+def matmul_flops_per_s(repeats: int = 5, n: int = 1024) -> float:
+    """The yardstick: fp32 FLOP/s of an n x n matrix product on this many threads, best of `repeats`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: [a @ b for _ in range(10)]) for _ in range(repeats))
+    return 10 * 2 * n**3 / best
+
+
+def _timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def flops(overrides: list[str]) -> tuple[float, float]:
+    """(FLOPs of one training step, forward and backward; FLOPs of one image's inference)."""
+    cfg = compose(overrides)
+    torch.manual_seed(cfg.trainer.seed)
+    shape = datasets.build(cfg.data, cfg.trainer, torch.device("cpu")).input_shape
+    model = models.build(cfg.model, cfg.norm, shape, 10)
+    x, y = torch.randn(cfg.trainer.batch_size, *shape), torch.randint(0, 10, (cfg.trainer.batch_size,))
+    with FlopCounterMode(display=False) as train:
+        F.cross_entropy(model(x), y).backward()
+    model.eval()
+    with FlopCounterMode(display=False) as inference, torch.no_grad():
+        model(x[:1])
+    return train.get_total_flops(), inference.get_total_flops()
 
 
 def evaluation_images_per_s(overrides: list[str], repeats: int) -> float:
@@ -70,8 +107,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: the operators' self time over 10 training steps and one evaluation")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's); a study's lane uses 1")
     parser.add_argument("overrides", nargs="*", default=SCALED)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the yardstick's; bnexp's runs set theirs from the override
+        args.overrides = [*args.overrides, f"trainer.threads={args.threads}"]
+    if args.profile:
+        return profile(args.overrides)
+    matmul = matmul_flops_per_s()
+    step_flops, image_flops = flops(args.overrides)
+    print(f"yardstick: 1024x1024 fp32 matmul {matmul / 1e9:.1f} GFLOP/s; one training step "
+          f"{step_flops / 1e9:.2f} GFLOP, one image's inference {image_flops / 1e6:.1f} MFLOP", flush=True)
     plain_bare = None
     for name in args.settings:
         overrides = [*args.overrides, "trainer.eval_every=100000", *SETTINGS[name]]
@@ -79,14 +128,50 @@ def main() -> None:
         bare, ours = max(results["bare loop"]), max(results["bnexp"])  # best of N: least disturbed
         plain_bare = plain_bare or bare
         images = cfg.trainer.batch_size
-        evaluation = evaluation_images_per_s(overrides, args.repeats)
-        print(f"{name:26s} train: bare {bare * images:7.1f} img/s  bnexp {ours * images:7.1f} img/s  "
-              f"ratio {ours / bare:.3f}  x{ours / plain_bare:.2f} over plain | "
-              f"evaluation {evaluation:7.1f} img/s", flush=True)
+        evaluation = {fold: evaluation_images_per_s([*overrides, f"trainer.eval_fold_bn={fold}"], args.repeats)
+                      for fold in ("true", "false")}
+        print(f"{name:26s} train: bare {bare * images:7.1f} img/s  bnexp {ours * images:7.1f} img/s "
+              f"({ours * step_flops / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  x{ours / plain_bare:.2f} over plain"
+              f" | evaluation: BN folded {evaluation['true']:7.1f} img/s ({evaluation['true'] * image_flops / matmul:.0%}"
+              f" of matmul), unfolded {evaluation['false']:7.1f} img/s", flush=True)
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu: " + cpu_name()
     print(f"model={cfg.model.name} width={cfg.model.width} norm={cfg.norm.name} data={cfg.data.name} "
           f"batch={cfg.trainer.batch_size} eval_batch={cfg.trainer.eval_batch_size} steps={args.steps} "
           f"repeats={args.repeats} threads={torch.get_num_threads()} torch={torch.__version__}\ndevice={device}")
+
+
+def profile(overrides: list[str]) -> None:
+    """Where a training step's and an evaluation's time goes, by operator (torch.profiler), in the
+    preset's own setting (channels_last fp32 for the study's presets)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    cfg = compose(overrides)
+    torch.manual_seed(cfg.trainer.seed)
+    data = datasets.build(cfg.data, cfg.trainer, torch.device("cpu"))
+    model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(i: int) -> None:
+        x, y = data.next_batch(i)
+        loss = F.cross_entropy(model(in_layout(x, cfg.trainer.channels_last)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    record = RunRecord(cfg.trainer, Path("."), model, optimizer=None, data=data, runlog=NullLog(),
+                       writes_checkpoints=False)
+    for i in range(5):
+        step(i)
+    record.evaluate(0)
+    for what, work in (("10 training steps", lambda: [step(i) for i in range(10)]),
+                       ("one evaluation of the test set", lambda: record.evaluate(0))):
+        with profiler(activities=[ProfilerActivity.CPU]) as p:
+            work()
+        print(f"{what} ({' '.join(overrides)}):")
+        print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
 
 
 def cpu_name() -> str:
