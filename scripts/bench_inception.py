@@ -130,10 +130,11 @@ def main() -> None:
         images = cfg.trainer.batch_size
         evaluation = {fold: evaluation_images_per_s([*overrides, f"trainer.eval_fold_bn={fold}"], args.repeats)
                       for fold in ("true", "false")}
+        folded, unfolded = evaluation["true"], evaluation["false"]
         print(f"{name:26s} train: bare {bare * images:7.1f} img/s  bnexp {ours * images:7.1f} img/s "
-              f"({ours * step_flops / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  x{ours / plain_bare:.2f} over plain"
-              f" | evaluation: BN folded {evaluation['true']:7.1f} img/s ({evaluation['true'] * image_flops / matmul:.0%}"
-              f" of matmul), unfolded {evaluation['false']:7.1f} img/s", flush=True)
+              f"({ours * step_flops / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  "
+              f"x{ours / plain_bare:.2f} over plain | evaluation: BN folded {folded:7.1f} img/s "
+              f"({folded * image_flops / matmul:.0%} of matmul), unfolded {unfolded:7.1f} img/s", flush=True)
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu: " + cpu_name()
     print(f"model={cfg.model.name} width={cfg.model.width} norm={cfg.norm.name} data={cfg.data.name} "
           f"batch={cfg.trainer.batch_size} eval_batch={cfg.trainer.eval_batch_size} steps={args.steps} "
