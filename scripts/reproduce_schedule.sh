@@ -6,6 +6,7 @@
 #   DATA=mnist bash scripts/reproduce_schedule.sh baseline   # the Inception baseline, 3 seeds (8,000 steps on MNIST)
 #   DATA=mnist bash scripts/reproduce_schedule.sh bn_x5      # BN-x5 at each decay speed-up, 3 seeds each
 #   DATA=mnist bash scripts/reproduce_schedule.sh report     # runs.csv, report, verdict: results/schedule/mnist
+#   DATA=mnist bash scripts/reproduce_schedule.sh speed      # BN-x5 (6x) seed 0 again in plain fp32, beside its seeds
 #
 # Each BN-x5 run lasts the baseline's length divided by its decay speed-up (at least the Figure 3
 # study's 1,500 steps): its learning rate is then spent to the baseline's final fraction of its start.
@@ -15,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+python=${PYTHON:-$(dirname "$bnexp")/python}
 data=${DATA:?DATA=mnist or DATA=fashion_mnist}
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/schedule_$data
 out=results/schedule/$data
@@ -39,8 +41,13 @@ case "${1:-}" in
       "$bnexp" train -m experiment=bn_x5 "${scale[@]}" name="bn_x5_decay${s}x" schedule.speedup="$s" \
         trainer.max_steps="$n" trainer.seed="$seeds" hydra.sweep.dir="$sweeps/bn_x5" "${@:2}"
     done ;;
+  speed)  # the speed settings (channels_last, PointwiseConv, BN folded for evaluation) against plain fp32
+    "$bnexp" train -m experiment=bn_x5 "${scale[@]}" name=bn_x5_decay6x schedule.speedup=6 trainer.max_steps=1500 \
+      trainer.seed=0 trainer.channels_last=false trainer.eval_fold_bn=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
+    mkdir -p "$out"
+    "$python" scripts/same_seed.py "$sweeps/bn_x5" "$sweeps/speed" --out "$out/speed.md" ;;
   report)
     "$bnexp" report "$sweeps/baseline" "$sweeps/bn_x5" --baseline inception --targets 0.95,0.98,0.99 \
       --claims "results/schedule/claims_$data.yaml" --out "$out" ;;
-  *) echo "usage: DATA=mnist|fashion_mnist $0 baseline | bn_x5 | report" >&2; exit 2 ;;
+  *) echo "usage: DATA=mnist|fashion_mnist $0 baseline | bn_x5 | report | speed" >&2; exit 2 ;;
 esac
