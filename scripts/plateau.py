@@ -1,4 +1,4 @@
-"""Has a baseline stopped improving? The pilot's test for a run length (scripts/reproduce_inception_mnist.sh).
+"""Has a baseline stopped improving? The pilot's test for a run length (scripts/reproduce_inception.sh).
 
 For each candidate length N it reads the runs' test accuracy up to step N (a run of N steps is the
 first N steps of a longer one: batches, learning rate and evaluation steps are functions of the

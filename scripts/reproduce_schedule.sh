@@ -26,7 +26,7 @@ scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.sub
 # The baseline's length, read from the scale preset through Hydra (the one place it is set).
 length() {
   "$bnexp" train experiment=inception scale="inception_${data}_plateau" --cfg job --resolve 2>/dev/null |
-    sed -n 's/^  max_steps: \([0-9]*\)$/\1/p'
+    sed -n 's/^  max_steps: \([0-9]*\)$/\1/p' || true
 }
 
 case "${1:-}" in

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The paper's ImageNet comparison (sec. 4.2, Figure 3), scaled down to MNIST (DATA=mnist, the
+# default; results/inception_mnist) or Fashion-MNIST (DATA=fashion_mnist; results/inception_fmnist)
+# on a CPU: the five models and the two failures the paper names, 3 seeds each, with the
+# Inception-style network at width 1/8 and a pooled small stem, run until the baseline plateaus,
+# evaluated on a geometric schedule (configs/scale/inception_<data>_plateau.yaml).
+#
+#   bash scripts/reproduce_inception.sh lr_sweep  # 0) the baseline's base lr, at 1,000 steps (MNIST: 0.01)
+#   bash scripts/reproduce_inception.sh pilot     # 1) the baseline's length: 3 seeds, plateau table
+#   bash scripts/reproduce_inception.sh main      # 2) the 21 runs, the plateau table and the report
+#   bash scripts/reproduce_inception.sh speed     # 3) the speed setting against plain fp32, same seed
+#
+# `main` is `fast`, `failures`, `slow`, then `report`. Runs are named by their overrides alone
+# (model, seed), so MODELS and SEEDS can split a step into lanes that run at once, and a later full
+# run of the step skips what the lanes finished. On 2 cores, two one-thread lanes (`speed` needs
+# fast's seed 0):
+#   (bash scripts/reproduce_inception.sh fast trainer.threads=1
+#    bash scripts/reproduce_inception.sh failures trainer.threads=1
+#    SEEDS=1,2 MODELS=bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1) &
+#   (MODELS=inception bash scripts/reproduce_inception.sh slow trainer.threads=1
+#    SEEDS=0 MODELS=bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1
+#    bash scripts/reproduce_inception.sh speed trainer.threads=1) &
+#   wait; bash scripts/reproduce_inception.sh report
+#
+# Each step is a sweep in its own directory under $BNEXP_RUNS/inception_<data>; run a step again to
+# continue it after an interruption (finished jobs are skipped, stopped ones resume). Arguments
+# after the step go to bnexp train, e.g. `main hydra/launcher=joblib hydra.launcher.n_jobs=2`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+python=${PYTHON:-$(dirname "$bnexp")/python}
+data=${DATA:-mnist}
+case $data in
+  mnist) out=results/inception_mnist ;;
+  fashion_mnist) out=results/inception_fmnist ;;
+  *) echo "reproduce_inception: DATA must be mnist or fashion_mnist, not '$data'" >&2; exit 2 ;;
+esac
+sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data
+seeds=${SEEDS:-0,1,2}
+scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
+
+# The baseline's length N (8,000 steps on MNIST), read from the scale preset through Hydra.
+steps=$("$bnexp" train experiment=inception scale="inception_${data}_plateau" --cfg job --resolve 2>/dev/null |
+  sed -n 's/^  max_steps: \([0-9]*\)$/\1/p' || true)
+[[ -n $steps ]] || { echo "reproduce_inception: no trainer.max_steps in scale=inception_${data}_plateau" >&2; exit 2; }
+# BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline: N/6 steps rounded up to 500 (on
+# MNIST 1,500, lr 0.3% of its start by the end). Inception-x5 and Inception-sigmoid, compared with
+# BN-x5 and BN-x5-Sigmoid, train as long as those.
+fast_steps=$(( (steps / 6 + 499) / 500 * 500 ))
+fast() {
+  "$bnexp" train -m experiment="${MODELS:-bn_x5,bn_x30,bn_x5_sigmoid}" "${scale[@]}" \
+    trainer.max_steps=$fast_steps trainer.seed="$seeds" hydra.sweep.dir="$sweeps/main_fast" "$@"
+}
+failures() {
+  "$bnexp" train -m experiment="${MODELS:-inception_x5,inception_sigmoid}" "${scale[@]}" \
+    trainer.max_steps=$fast_steps trainer.seed="$seeds" hydra.sweep.dir="$sweeps/main_failures" "$@"
+}
+slow() {  # the baseline's decay and length (MNIST: every 80 steps, 8,000 steps): the scale preset's
+  "$bnexp" train -m experiment="${MODELS:-inception,bn_baseline}" "${scale[@]}" trainer.seed="$seeds" \
+    hydra.sweep.dir="$sweeps/main" "$@"
+}
+report() {
+  local q=$(( steps / 8 ))  # N/4, N/2, 5N/8 .. N: on MNIST 2,000, 4,000, 5,000, 6,000, 7,000, 8,000
+  "$python" scripts/plateau.py "$sweeps/main" --name inception --lengths $((2*q)),$((4*q)),$((5*q)),$((6*q)),$((7*q)),$steps \
+    --out "$out/plateau.md"
+  "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
+    --targets 0.95,0.98,0.985,0.99 --out "$out"
+}
+
+case "${1:-}" in
+  lr_sweep)  # MNIST's was made on configs/scale/inception_mnist_cpu (decay every 60 steps)
+    if [[ $data == mnist ]]; then sweep=(scale=inception_mnist_cpu); else
+      sweep=("${scale[@]}" trainer.max_steps=1000); fi
+    "$bnexp" train -m experiment=inception "${sweep[@]}" trainer.progress=false \
+      optim.lr=0.005,0.01,0.02,0.05 hydra.sweep.dir="$sweeps/lr_sweep" "${@:2}"
+    "$bnexp" report "$sweeps/lr_sweep" --targets 0.95,0.98 --out "$out/lr_sweep"
+    "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
+  pilot)  # MNIST's was made with the preset's earlier decay, every 200 steps (pilot.md); others use their scale's
+    if [[ $data == mnist ]]; then decay=(schedule.decay_steps=200 trainer.eval_first=20 trainer.eval_ratio=1.1); else
+      decay=(); fi
+    "$bnexp" train -m experiment=inception "${scale[@]}" "${decay[@]}" trainer.max_steps=12000 \
+      trainer.seed="$seeds" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
+    "$python" scripts/plateau.py "$sweeps/pilot" --lengths 3000,4000,6000,8000,10000,12000 --out "$out/pilot.md" ;;
+  speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside fast's seeds
+    "$bnexp" train -m experiment=bn_x5 "${scale[@]}" trainer.max_steps=$fast_steps trainer.seed=0 \
+      trainer.channels_last=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
+    "$python" scripts/same_seed.py "$sweeps/main_fast" "$sweeps/speed" --out "$out/speed.md" ;;
+  fast|failures|slow) "$1" "${@:2}" ;;
+  report) report ;;
+  main) fast "${@:2}"; failures "${@:2}"; slow "${@:2}"; report ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 lr_sweep | pilot | main | fast | failures | slow | report | speed" >&2; exit 2 ;;
+esac
