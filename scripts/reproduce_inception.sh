@@ -31,8 +31,8 @@ bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
 python=${PYTHON:-$(dirname "$bnexp")/python}
 data=${DATA:-mnist}
 case $data in
-  mnist) out=results/inception_mnist ;;
-  fashion_mnist) out=results/inception_fmnist ;;
+  mnist) out=results/inception_mnist; targets=0.95,0.98,0.985,0.99 ;;
+  fashion_mnist) out=results/inception_fmnist; targets=0.85,0.88,0.9,0.91 ;;
   *) echo "reproduce_inception: DATA must be mnist or fashion_mnist, not '$data'" >&2; exit 2 ;;
 esac
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data
@@ -64,7 +64,7 @@ report() {
   "$python" scripts/plateau.py "$sweeps/main" --name inception --lengths $((2*q)),$((4*q)),$((5*q)),$((6*q)),$((7*q)),$steps \
     --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
-    --targets 0.95,0.98,0.985,0.99 --out "$out"
+    --targets "$targets" --out "$out"
 }
 
 case "${1:-}" in
@@ -73,7 +73,7 @@ case "${1:-}" in
       sweep=("${scale[@]}" trainer.max_steps=1000); fi
     "$bnexp" train -m experiment=inception "${sweep[@]}" trainer.progress=false \
       optim.lr=0.005,0.01,0.02,0.05 hydra.sweep.dir="$sweeps/lr_sweep" "${@:2}"
-    "$bnexp" report "$sweeps/lr_sweep" --targets 0.95,0.98 --out "$out/lr_sweep"
+    "$bnexp" report "$sweeps/lr_sweep" --targets "${targets%,*,*}" --out "$out/lr_sweep"
     "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
   pilot)  # MNIST's was made with the preset's earlier decay, every 200 steps (pilot.md); others use their scale's
     if [[ $data == mnist ]]; then decay=(schedule.decay_steps=200 trainer.eval_first=20 trainer.eval_ratio=1.1); else
