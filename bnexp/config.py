@@ -226,6 +226,11 @@ def _pixels(c: Checks) -> None:
     c.numbers("data.std", "> 0")
 
 
+def _subset(c: Checks) -> None:  # the datasets held as tensors (all but imagefolder)
+    c.whole("data.train_subset", ">= 1", null=True)
+    c.whole("data.subset_seed", ">= 0")
+
+
 def _downloaded(c: Checks) -> None:
     c.text("data.root")
     c.flag("data.download")
@@ -235,6 +240,7 @@ def _mnist(c: Checks) -> None:
     _downloaded(c)
     _pixels(c)
     _distortion(c)
+    _subset(c)
 
 
 def _cifar10(c: Checks) -> None:
@@ -246,6 +252,7 @@ def _cifar10(c: Checks) -> None:
 def _synthetic(c: Checks) -> None:
     _pixels(c)
     _distortion(c)
+    _subset(c)
     c.whole("data.n_train", ">= 1")
     c.whole("data.n_test", ">= 1")
     c.whole("data.num_classes", ">= 2")
@@ -270,8 +277,17 @@ ACTIVATIONS = ("sigmoid", "relu")
 
 def _mlp(c: Checks) -> None:
     c.wholes("model.hidden", ">= 1")  # a layer of width 0 would pass nothing on
+    if c.whole("model.depth", ">= 1", null=True) is not None and len(set(c.cfg.model.hidden)) != 1:
+        raise UserError(f"model.depth repeats one width, but model.hidden lists several "
+                        f"({list(c.cfg.model.hidden)}): set model.hidden=[WIDTH]")
     c.choice("model.activation", ACTIVATIONS)
     c.number("model.init_std", "> 0")
+    c.number("model.dropout", "[0, 1)")
+    c.choice("model.dropout_at", ("every", "last"))
+    c.flag("model.residual")
+    c.flag("model.skipinit")
+    if c.cfg.model.skipinit and not c.cfg.model.residual:
+        raise UserError("model.skipinit scales residual branches: set model.residual=true too")
 
 
 def _inception(c: Checks) -> None:
@@ -286,8 +302,9 @@ def _inception(c: Checks) -> None:
 MODELS = {"mlp": _mlp, "inception": _inception}
 
 
-def _eps(c: Checks) -> None:
+def _eps(c: Checks) -> None:  # every norm but none
     c.number("norm.eps", "> 0")
+    c.choice("norm.position", ("pre", "post"))
 
 
 def _moving_averages(c: Checks) -> None:

@@ -210,6 +210,8 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 
         num_classes = cfg.num_classes
     else:
         raise UserError(f"unknown data.name {cfg.name!r}")
+    if cfg.train_subset is not None:
+        train_x, train_y = subset(train_x, train_y, cfg.train_subset, cfg.subset_seed)
     # mean and std: one number, or one per channel.
     mean = torch.tensor(cfg.mean, dtype=torch.float32).reshape(-1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32).reshape(-1, 1, 1)
@@ -226,6 +228,14 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 
         num_classes=num_classes, batch_size=trainer.batch_size, seed=trainer.seed,
         eval_batch_size=trainer.eval_batch_size, augment=augment, shard=shard,
     )
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n training examples chosen at random by `seed` alone (the same for every run), in their order."""
+    if n > len(x):
+        raise UserError(f"data.train_subset={n} exceeds the {len(x)} training examples")
+    chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[chosen], y[chosen]
 
 
 def make_augment(padding: int, flip: bool, distort: float):

@@ -20,6 +20,7 @@ from bench_inception import cpu_name
 from omegaconf import OmegaConf
 
 from bnexp import models, norm
+from bnexp.config import compose
 from bnexp.models.inception import LocalResponseNorm
 
 SHAPES = {"mlp 64x100": ((64, 100), "fc"), "conv 32x64x28x28": ((32, 64, 28, 28), "conv"),
@@ -82,7 +83,7 @@ def model_step(repeats: int, compile: bool, device) -> str:
     """One training step (forward, loss, backward) of the 3 x 100 sigmoid MLP on a batch of 60."""
     x = torch.randn(60, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (60,), device=device)
-    mlp = OmegaConf.create({"name": "mlp", "hidden": [100, 100, 100], "activation": "sigmoid", "init_std": 0.1})
+    mlp = compose(["model.hidden=[100,100,100]", "model.init_std=0.1"]).model
     results = {}
     for name in ("batch (native)", "batch_paper"):
         model = models.build(mlp, OmegaConf.create(VARIANTS[name]), (1, 28, 28), 10).to(device)

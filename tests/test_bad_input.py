@@ -32,6 +32,14 @@ def assert_refused(done, runs_root, message):
     ("norm=ghost trainer.batch_size=30", "norm=ghost needs the batch size (30) to be a multiple of "
                                          "norm.virtual_batch (4)"),
     ("trainer.device=tpu", "trainer.device must be one of auto, cpu, cuda, got 'tpu'"),
+    ("data.train_subset=0", "data.train_subset must be a whole number >= 1 or null, got 0"),
+    ("model.dropout=1", "model.dropout must be a number [0, 1), got 1"),
+    ("model.dropout_at=middle", "model.dropout_at must be one of every, last, got 'middle'"),
+    ("norm.position=after", "norm.position must be one of pre, post, got 'after'"),
+    ("model.skipinit=true", "model.skipinit scales residual branches: set model.residual=true too"),
+    ("model.depth=0", "model.depth must be a whole number >= 1 or null, got 0"),
+    ("model.depth=3 model.hidden=[100,50]", "model.depth repeats one width, but model.hidden lists several"),
+    ("data.train_subset=5000", "data.train_subset=5000 exceeds the 2048 training examples"),
 ])
 def test_a_user_error_is_one_line_on_stderr(bnexp, runs_root, override, message):
     done = bnexp("train", *FAST, *override.split())

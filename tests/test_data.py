@@ -261,3 +261,25 @@ def test_fashion_mnist_online_uses_torchvisions_download_and_no_deb(tmp_path, mo
     (train_x, train_y), _ = mnist.load_fashion_mnist(tmp_path / "root")
     assert train_y.tolist() == content["train-labels-idx1-ubyte"].tolist()
     assert (tmp_path / "root" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+def test_a_train_subset_is_the_same_examples_for_every_seed():
+    """data.train_subset=N trains on N examples chosen by data.subset_seed alone: the same for every
+    trainer.seed; another subset_seed chooses others; the test set stays whole."""
+    base = OmegaConf.create({"name": "synthetic", "n_train": 300, "n_test": 50, "num_classes": 3, "shape": [1, 4, 4],
+                             "noise": 1.0, "seed": 7, "mean": 0.0, "std": 1.0, "distort": 0.0, "distort_mult": 1.0,
+                             "train_subset": None, "subset_seed": 0})
+
+    def built(seed, **data_cfg):
+        trainer = OmegaConf.create({"batch_size": 10, "seed": seed, "eval_batch_size": 50})
+        return data.build(OmegaConf.merge(base, data_cfg), trainer, torch.device("cpu"))
+
+    whole, a, b = built(0), built(0, train_subset=40), built(5, train_subset=40)
+    other = built(0, train_subset=40, subset_seed=1)
+    assert len(a.train_x) == 40 and torch.equal(a.train_x, b.train_x) and torch.equal(a.train_y, b.train_y)
+    assert not torch.equal(a.train_x, other.train_x)
+    rows = {tuple(r.tolist()) for r in whole.train_x.flatten(1)}
+    assert all(tuple(r.tolist()) in rows for r in a.train_x.flatten(1))  # examples of the training set
+    assert torch.equal(a.test_x, whole.test_x) and len(a.test_x) == 50
+    seen = torch.cat([a.next_batch(step)[1] for step in range(4)])  # an epoch of 4 batches: every example once
+    assert sorted(seen.tolist()) == sorted(a.train_y.tolist())

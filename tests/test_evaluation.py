@@ -7,12 +7,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp import models
+from bnexp.config import compose
 from bnexp.evaluation import fold_batch_norms
 from bnexp.probes import PercentileProbe
 
 BATCH = OmegaConf.create({"name": "batch", "eps": 1e-3, "momentum": 0.5})
 LAYER = OmegaConf.create({"name": "layer", "eps": 1e-5})
-MLP = OmegaConf.create({"name": "mlp", "hidden": [50, 50], "activation": "sigmoid", "init_std": 0.5})
+MLP = compose(["model.hidden=[50,50]", "model.init_std=0.5"]).model
 INCEPTION = OmegaConf.create({"name": "inception", "width": 0.125, "stem": "small", "stem_pool": True,
                               "activation": "relu", "dropout": 0.0, "lrn": False})
 
@@ -29,12 +30,19 @@ def trained(model_cfg, norm_cfg, channels_last=False):
             if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                 m.weight.uniform_(0.5, 2.0)
                 m.bias.uniform_(-1.0, 1.0)
+        for name, p in model.named_parameters():
+            if name.endswith(".scale"):  # SkipInit's branch scales, 0 at the start: make the branches count
+                p.fill_(0.7)
         for _ in range(3):  # running statistics of shifted, scaled inputs
             model(3 * torch.rand(16, 1, 28, 28) + 1)
     return model
 
 
-@pytest.mark.parametrize("model_cfg, channels_last", [(MLP, False), (INCEPTION, False), (INCEPTION, True)])
+RESIDUAL = OmegaConf.merge(MLP, {"residual": True, "skipinit": True})
+
+
+@pytest.mark.parametrize("model_cfg, channels_last", [(MLP, False), (RESIDUAL, False), (INCEPTION, False),
+                                                      (INCEPTION, True)])
 def test_folded_network_computes_the_eval_network(model_cfg, channels_last):
     model = trained(model_cfg, BATCH, channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -62,10 +70,12 @@ def test_folded_network_computes_the_eval_network(model_cfg, channels_last):
     assert all(abs(found[0][k] - found[1][k]) < 1e-4 for k in found[0])
 
 
-def test_other_norms_are_kept():
-    model = trained(MLP, LAYER)
+@pytest.mark.parametrize("norm_cfg, kept", [(LAYER, nn.GroupNorm), (OmegaConf.merge(BATCH, {"position": "post"}),
+                                                                   nn.BatchNorm1d)])
+def test_other_norms_and_a_bn_after_the_nonlinearity_are_kept(norm_cfg, kept):
+    model = trained(MLP, norm_cfg)
     folded = fold_batch_norms(model)
-    assert sum(isinstance(m, nn.GroupNorm) for m in folded.modules()) == 2
+    assert sum(isinstance(m, kept) for m in folded.modules()) == 2
     x = torch.rand(5, 1, 28, 28)
     model.eval()
     with torch.inference_mode():

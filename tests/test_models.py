@@ -4,8 +4,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp import models
+from bnexp.config import compose
 
-MLP_CFG = OmegaConf.create({"name": "mlp", "hidden": [100, 100, 100], "activation": "sigmoid", "init_std": 0.1})
+MLP_CFG = compose(["model.hidden=[100,100,100]", "model.init_std=0.1"]).model
 BATCH = OmegaConf.create({"name": "batch", "eps": 1e-5, "momentum": 0.1})
 NONE = OmegaConf.create({"name": "none"})
 
@@ -67,3 +68,50 @@ def test_probe_points_are_the_sigmoid_inputs():
     last = model.hidden[2]
     expected = last.norm(last.linear(model.hidden[1](model.hidden[0](x.flatten(1)))))
     assert torch.allclose(seen["x"], expected)
+
+
+def mlp(norm_cfg=NONE, **model):
+    return models.build(OmegaConf.merge(MLP_CFG, model), norm_cfg, (1, 28, 28), 10)
+
+
+def test_depth_repeats_the_width():
+    model = mlp(hidden=[64], depth=7)
+    assert [(m.in_features, m.out_features) for m in linears(model)] == [(784, 64)] + [(64, 64)] * 6 + [(64, 10)]
+
+
+def test_norm_after_the_nonlinearity_keeps_the_bias():
+    post = models.build(MLP_CFG, OmegaConf.merge(BATCH, {"position": "post"}), (1, 28, 28), 10)
+    assert [list(block._modules) for block in post.hidden] == [["linear", "act", "norm"]] * 3
+    assert all(block.linear.bias is not None for block in post.hidden)
+    x = torch.rand(8, 1, 28, 28)
+    inner = post.hidden[0]
+    torch.testing.assert_close(inner(x.flatten(1)), inner.norm(torch.sigmoid(inner.linear(x.flatten(1)))))
+
+
+@pytest.mark.parametrize("where, blocks", [("every", [0, 1, 2]), ("last", [2])])
+def test_dropout_goes_after_the_nonlinearity_of_every_or_the_last_block(where, blocks):
+    model = mlp(BATCH, dropout=0.3, dropout_at=where)
+    assert [i for i, block in enumerate(model.hidden) if "dropout" in block._modules] == blocks
+    assert all(list(model.hidden[i]._modules)[-1] == "dropout" and model.hidden[i].dropout.p == 0.3 for i in blocks)
+    model.eval()  # inference: dropout off, the network deterministic
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(model(x), model(x))
+    assert not any(isinstance(m, nn.Dropout) for m in mlp(BATCH).modules())  # none by default
+
+
+def test_residual_blocks_add_their_input_and_skipinit_starts_as_the_identity():
+    torch.manual_seed(0)
+    plain, residual = mlp(hidden=[32], depth=4), mlp(hidden=[32], depth=4, residual=True)
+    residual.load_state_dict(plain.state_dict())
+    # the first block (784 -> 32) cannot add its input; the other three do
+    assert [type(b).__name__ for b in residual.hidden] == ["Sequential"] + ["ResidualBlock"] * 3
+    h = torch.rand(5, 784)
+    first = plain.hidden[0](h)
+    torch.testing.assert_close(residual.hidden[1](first), first + plain.hidden[1](first))
+    skip = mlp(hidden=[32], depth=4, residual=True, skipinit=True)
+    scales = sorted(n for n, _ in skip.named_parameters() if n.endswith("scale"))
+    assert scales == [f"hidden.{i}.scale" for i in (1, 2, 3)]
+    torch.testing.assert_close(skip.hidden(h), skip.hidden[0](h))  # every branch scaled by 0 at the start
+    loss = skip(torch.rand(5, 1, 28, 28)).logsumexp(1).mean()
+    loss.backward()
+    assert skip.hidden[1].scale.grad.abs() > 0  # the scales learn from the first step

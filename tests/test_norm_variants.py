@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp import models, norm
+from bnexp.config import compose
 from bnexp.errors import UserError
 
 CFG = {
@@ -150,7 +151,7 @@ def test_meaningless_placements_are_config_errors():
         builder("group", groups=4)(6, "conv")
 
 
-MLP = OmegaConf.create({"name": "mlp", "hidden": [16, 16], "activation": "sigmoid", "init_std": 0.1})
+MLP = compose(["model.hidden=[16,16]", "model.init_std=0.1"]).model
 INCEPTION = OmegaConf.create({"name": "inception", "width": 0.0625, "stem": "small", "stem_pool": True,
                               "activation": "relu", "dropout": 0.0, "lrn": False})
 

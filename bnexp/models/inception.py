@@ -87,28 +87,31 @@ class PointwiseConv(nn.Conv2d):
 
 
 class ConvUnit(nn.Sequential):
-    """conv -> norm -> nonlinearity; the conv keeps its bias only when no norm follows."""
+    """conv -> norm -> nonlinearity (norm.position=pre, the paper's) or conv -> nonlinearity -> norm
+    (post); the conv keeps its bias unless a norm follows it directly."""
 
-    def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation):
+    def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation, norm_position="pre"):
         norm = norm_builder(c_out, "conv")
-        bias = norm is None
+        bias = norm is None or norm_position == "post"
         conv = (PointwiseConv(c_in, c_out, bias) if kernel == 1 and stride == 1
                 else nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=bias))
         layers = OrderedDict(conv=conv)
-        if norm is not None:
+        if norm is not None and norm_position == "pre":
             layers["norm"] = norm
         layers["act"] = ACTIVATIONS[activation]()
+        if norm is not None and norm_position == "post":
+            layers["norm"] = norm
         super().__init__(layers)
 
 
 class InceptionModule(nn.Module):
-    def __init__(self, c_in, spec, width, norm_builder, activation):
+    def __init__(self, c_in, spec, width, norm_builder, activation, norm_position="pre"):
         super().__init__()
         n1, n3r, n3, nd3r, nd3, pool, proj, stride = (
             [max(1, round(n * width)) if isinstance(n, int) and n and i < 7 else n for i, n in enumerate(spec)])
 
         def unit(c_i, c_o, k, s=1):
-            return ConvUnit(c_i, c_o, k, s, norm_builder, activation)
+            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position)
 
         self.branch1 = unit(c_in, n1, 1) if n1 else None
         self.branch3 = nn.Sequential(unit(c_in, n3r, 1), unit(n3r, n3, 3, stride))
@@ -126,7 +129,7 @@ class InceptionModule(nn.Module):
 
 class Inception(nn.Module):
     def __init__(self, in_channels, num_classes, input_size, width, stem, activation, dropout, lrn, norm_builder,
-                 stem_pool=False):
+                 stem_pool=False, norm_position="pre"):
         super().__init__()
         if stem == "auto":
             stem = "small" if input_size <= 64 else "imagenet"
@@ -135,7 +138,7 @@ class Inception(nn.Module):
             return max(1, round(n * width))
 
         def unit(c_i, c_o, k, s=1):
-            return ConvUnit(c_i, c_o, k, s, norm_builder, activation)
+            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position)
 
         # Local response normalization where GoogLeNet has it (the original Inception baseline only).
         def lrn_layer():
@@ -153,7 +156,7 @@ class Inception(nn.Module):
         self.stem = nn.Sequential(*layers)
         channels, modules = c(192), OrderedDict()
         for name, spec in MODULES.items():
-            modules[name] = InceptionModule(channels, spec, width, norm_builder, activation)
+            modules[name] = InceptionModule(channels, spec, width, norm_builder, activation, norm_position)
             channels = modules[name].out_channels
         self.blocks = nn.Sequential(modules)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),

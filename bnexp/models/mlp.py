@@ -1,4 +1,12 @@
-"""The paper's MNIST network (sec. 4.1): fully connected hidden layers, then a linear classifier."""
+"""The paper's MNIST network (sec. 4.1): fully connected hidden layers, then a linear classifier.
+
+Each hidden layer is a block linear -> norm -> nonlinearity (norm.position=pre, the paper's
+BN(Wu)), or linear -> nonlinearity -> norm (post), then dropout where asked for: in every block
+(dropout_at=every: each dropout then feeds the next block's norm) or in the last only (last:
+after every norm, just before the classifier). With `residual`, a block whose input and output
+widths agree computes x + scale * block(x); `skipinit` makes scale a learnable scalar that starts
+at zero (De & Smith 2020), the normalization-free way to train deep residual nets.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +18,38 @@ from torch import nn
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
 
 
+class ResidualBlock(nn.Sequential):
+    """x + scale * block(x), with the block's layers as its own children (linear, norm, act,
+    dropout: the same names as a plain block's, so probes and folding find them)."""
+
+    def __init__(self, layers: OrderedDict, skipinit: bool):
+        super().__init__(layers)
+        self.skipinit = skipinit
+        if skipinit:
+            self.scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = super().forward(x)
+        return x + (self.scale * branch if self.skipinit else branch)
+
+
 class MLP(nn.Module):
-    def __init__(self, in_features, num_classes, hidden, activation, init_std, norm_builder):
+    def __init__(self, in_features, num_classes, hidden, activation, init_std, norm_builder, norm_position="pre",
+                 dropout=0.0, dropout_at="every", residual=False, skipinit=False):
         super().__init__()
         layers, width = [], in_features
-        for out in hidden:
+        for i, out in enumerate(hidden):
             norm = norm_builder(out, "fc")
-            block = OrderedDict(linear=nn.Linear(width, out, bias=norm is None))
-            if norm is not None:
+            # A norm right after the linear layer has its own shift (beta), which replaces the bias.
+            block = OrderedDict(linear=nn.Linear(width, out, bias=norm is None or norm_position == "post"))
+            if norm is not None and norm_position == "pre":
                 block["norm"] = norm
             block["act"] = ACTIVATIONS[activation]()
-            layers.append(nn.Sequential(block))
+            if norm is not None and norm_position == "post":
+                block["norm"] = norm
+            if dropout > 0 and (dropout_at == "every" or i == len(hidden) - 1):
+                block["dropout"] = nn.Dropout(dropout)
+            layers.append(ResidualBlock(block, skipinit) if residual and width == out else nn.Sequential(block))
             width = out
         self.hidden = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
