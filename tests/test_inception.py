@@ -94,6 +94,13 @@ def test_bias_dropped_exactly_where_a_norm_follows():
     assert all(m.bias is not None for m in without.modules() if isinstance(m, nn.Conv2d))
 
 
+def test_norm_after_the_nonlinearity():
+    post = Inception(1, 10, 28, 0.125, "auto", "relu", 0.0, False, BATCH, norm_position="post")
+    units = [m for m in post.modules() if type(m).__name__ == "ConvUnit"]
+    assert units and all(list(u._modules) == ["conv", "act", "norm"] and u.conv.bias is not None for u in units)
+    assert post(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 def test_pointwise_conv_is_the_1x1_convolution(channels_last, bias):
