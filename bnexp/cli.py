@@ -183,8 +183,9 @@ class CheckSweepDirection(Callback):
 
 
 class ListSweepOutcomes(Callback):
-    """At the end of a sweep, one line per job that did not complete (failed, interrupted, diverged,
-    or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a result."""
+    """At the end of a sweep, one line per job in its dir that did not complete (failed, interrupted,
+    diverged, or never wrote a summary); exits 1 if any job failed, so scripts notice. Diverging is a
+    result, and so is a job that another process is training now (another lane of the same sweep dir)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
@@ -193,8 +194,11 @@ class ListSweepOutcomes(Callback):
             job = hydra_dir.parent
             if rundir.replica_dirs(job):
                 continue  # a replicated job: its replicas' dirs are listed, each with its own .hydra
+            elsewhere = rundir.holder(job)
             outcomes[job.relative_to(sweep)] = (read_summary(job / FAILURE) or read_summary(job / SUMMARY)
-                                                or {"status": "no summary", "error": f"see {job / 'train.log'}"})
+                                                or ({"status": "training elsewhere", "error": f"by {elsewhere}"}
+                                                    if elsewhere else
+                                                    {"status": "no summary", "error": f"see {job / 'train.log'}"}))
         counts: dict[str, int] = {}
         for summary in outcomes.values():
             counts[summary["status"]] = counts.get(summary["status"], 0) + 1

@@ -62,6 +62,24 @@ def acquire(run_dir: Path) -> bool:
     return True
 
 
+def holder(run_dir: Path) -> str | None:
+    """Who trains in run_dir now (the lock's holder, as it named itself), or None if nobody does."""
+    key = Path(run_dir).resolve()
+    if key in _held:
+        return f"pid {os.getpid()} on {socket.gethostname()} (this process)"
+    try:
+        fd = os.open(key / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # never locked: no run has started there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "a process that has not named itself yet"
+    finally:
+        os.close(fd)  # and with it the shared lock, if it was taken
+
+
 def release(run_dir: Path) -> None:
     fd = _held.pop(Path(run_dir).resolve(), None)
     if fd is not None:

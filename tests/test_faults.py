@@ -95,13 +95,33 @@ def test_a_locked_run_dir_refuses_single_runs_and_sweep_jobs_and_finalize(bnexp,
         (sweep / "1" / "summary.json").unlink()
         again = bnexp("train", "-m", *FAST, "trainer.seed=0,1", f"hydra.sweep.dir={sweep}",
                       "hydra.sweep.subdir=${hydra.job.num}")
-        assert again.returncode == 1  # the refused job is listed, the other one found nothing to do
+        # The refused job is another process's (another lane of this sweep dir): listed as training
+        # there, not a failure of this sweep; the other job found nothing to do.
+        assert again.returncode == 0, again.stderr
         assert "already completed; nothing to do" in again.stdout and "is in use" in again.stdout
+        assert f"training elsewhere: 1 by pid {os.getpid()} on " in again.stderr
         assert not (sweep / "1" / "failure.json").exists()  # nothing written into a dir another process owns
     finally:
         rundir.release(run_dir)
         rundir.release(sweep / "1")
     assert bnexp("resume", str(run_dir)).returncode == 0
+
+
+def test_the_holder_of_a_run_dir_is_whoever_trains_there_now(tmp_path):
+    assert rundir.holder(tmp_path / "never") is None
+    hold = subprocess.Popen(["python3", "-c", "import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR | "
+                             "os.O_CREAT)\nos.write(fd, b'pid 1 on elsewhere')\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+                             "print('held', flush=True)\ntime.sleep(60)", str(tmp_path / rundir.LOCK)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout.readline().strip() == "held"
+        assert rundir.holder(tmp_path) == "pid 1 on elsewhere"
+    finally:
+        hold.kill()
+        hold.wait()
+    assert rundir.holder(tmp_path) is None  # the kernel released it with the process
+    with rundir.owned(tmp_path):
+        assert "(this process)" in rundir.holder(tmp_path)
 
 
 def test_the_lock_is_taken_once_per_process_and_released_with_it(tmp_path):
