@@ -413,6 +413,7 @@ def _probes(c: Checks) -> None:
     c.whole("probes.ics_every", ">= 0")
     c.whole("probes.landscape_every", ">= 0")
     c.numbers("probes.landscape_steps", "> 0")
+    c.whole("probes.grad_every", ">= 0")
 
 
 def step_probes_on(probes: DictConfig) -> bool:

@@ -125,6 +125,29 @@ def _largest(values: list[float]) -> float:
     return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
+class GradientProbe:
+    """The norm of each weight layer's gradient, ||dL/dW||, on a training step's own batch: on the
+    first step (the gradient at the initial weights, for the vanishing and exploding gradient
+    claims) and every `every` steps. Read from the gradients the step has just left on the
+    parameters (the loss's alone: SGD adds weight decay inside its update), so it costs nothing of
+    note and cannot change the run. Logged at the step just taken: grad/<layer>/norm."""
+
+    def __init__(self, every: int, weights: dict[str, str]):
+        """weights: {layer name: its weight's parameter name} (the model's ics_layers)."""
+        self.every, self.weights = every, weights
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` (0-based, just taken) is measured."""
+        return step == 0 or (step + 1) % self.every == 0
+
+    def measure(self, stepper) -> list[dict[str, float]]:
+        """Each run's {grad/<layer>/norm: value}, in the stepper's order of runs."""
+        norms = stepper.gradient_norms(list(self.weights.values()))  # {weight: [R]}
+        per_layer = {layer: norms[w].tolist() for layer, w in self.weights.items()}
+        runs = len(next(iter(per_layer.values())))
+        return [{f"grad/{layer}/norm": values[r] for layer, values in per_layer.items()} for r in range(runs)]
+
+
 class StepProbes:
     """The ICS and landscape probes on chosen training steps. The trainer calls `before_step` ahead
     of a due step's forward pass (the weights, buffers and random state the step starts from) and

@@ -67,6 +67,12 @@ class OneModel:
     def optimizer_of(self, r: int) -> torch.optim.SGD:
         return self.optimizer
 
+    def gradient_norms(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The last step's gradient norm of each named parameter, [1] each (0 where it got none)."""
+        grads = {name: self.model.get_parameter(name).grad for name in names}
+        return {name: (g.norm() if g is not None else torch.zeros((), device=self.device)).reshape(1)
+                for name, g in grads.items()}
+
 
 class StackedModels:
     def __init__(self, modules: list[nn.Module], make_optimizer, cfg: DictConfig):
@@ -91,6 +97,15 @@ class StackedModels:
 
     def optimizer_of(self, r: int) -> ReplicaOptimizer:
         return ReplicaOptimizer(self.optimizer, r)
+
+    def gradient_norms(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The last step's gradient norm of each named parameter, per replica: [R] each."""
+        norms = {}
+        for name in names:
+            stacked = self.stack.params[name]
+            g = stacked.grad if stacked.grad is not None else torch.zeros_like(stacked)
+            norms[name] = g.flatten(1).norm(dim=1)
+        return norms
 
 
 class Stack:

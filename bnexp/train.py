@@ -22,7 +22,7 @@ from bnexp import builders, checkpoint, distributed, models, rundir
 from bnexp import data as datasets
 from bnexp.config import EXECUTION_SETTINGS, flatten, load_run_config, read_overrides, step_probes_on
 from bnexp.errors import RunFailed, UserError, first_line
-from bnexp.probes import StepProbes
+from bnexp.probes import GradientProbe, StepProbes
 from bnexp.record import RunRecord
 from bnexp.runlog import NullLog, RunLog
 from bnexp.stepper import OneModel, StackedModels
@@ -112,7 +112,9 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
     log.info("run dir %s | %s on %s | %d parameters%s", run_dir, what, where,
              sum(p.numel() for p in nets[0].parameters()), " each" * group)
     start = 0 if states[0] is None else states[0]["step"]
-    return Trainer(cfg.trainer, stepper, records, builders.learning_rate(cfg), start, step_probes).fit()
+    gradients = (GradientProbe(cfg.probes.grad_every, {k: w for k, (w, _) in nets[0].ics_layers().items()})
+                 if cfg.probes.grad_every else None)
+    return Trainer(cfg.trainer, stepper, records, builders.learning_rate(cfg), start, step_probes, gradients).fit()
 
 
 def resume_states(resume: str, configs: dict[int, DictConfig], dirs: dict[int, Path], writes: bool) -> list:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bnexp import checkpoint, distributed
 from bnexp.builders import evaluation_steps, in_layout
 from bnexp.errors import RunFailed
-from bnexp.probes import StepProbes
+from bnexp.probes import GradientProbe, StepProbes
 from bnexp.record import RunRecord
 from bnexp.summary import Status, Summary
 
@@ -53,12 +53,13 @@ class Window:
 
 class Trainer:
     def __init__(self, cfg: DictConfig, stepper, records: list[RunRecord], lr_at, step: int = 0,
-                 step_probes: StepProbes | None = None):
+                 step_probes: StepProbes | None = None, gradient_probe: GradientProbe | None = None):
         """cfg: the trainer group. stepper: trains the R runs of `records` (in that order) one step.
         lr_at(step): the learning rate of step `step` (0-based), a pure function. step: where the
-        runs start (a resumed run's checkpoint). step_probes: the ICS and landscape probes (R = 1)."""
+        runs start (a resumed run's checkpoint). step_probes: the ICS and landscape probes (R = 1).
+        gradient_probe: the layers' gradient norms (any R)."""
         self.cfg, self.stepper, self.records, self.lr_at, self.step = cfg, stepper, records, lr_at, step
-        self.step_probes = step_probes
+        self.step_probes, self.gradient_probe = step_probes, gradient_probe
         # Plain ints: reading a DictConfig costs microseconds, too much for every step.
         self.max_steps, self.log_every = int(cfg.max_steps), int(cfg.log_every)
         self.checkpoint_every = int(cfg.checkpoint_every)
@@ -107,6 +108,10 @@ class Trainer:
             if probing := self.step_probes is not None and self.step_probes.due(self.step):
                 self.step_probes.before_step()
             losses, logits = self.stepper.step(x, y, lr)
+            if self.gradient_probe is not None and self.gradient_probe.due(self.step):
+                measured = self.gradient_probe.measure(self.stepper)
+                for r, record in self.live.items():
+                    record.runlog.scalars(self.step + 1, measured[r])
             self.step += 1
             if probing:
                 measured = self.step_probes.measure(self.step, in_layout(x[0], self.cfg.channels_last), y[0], lr)

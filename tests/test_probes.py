@@ -269,3 +269,43 @@ def test_report_draws_each_probe_per_variant_with_mean_and_band_over_seeds(compo
     assert float(row["min"]) == pytest.approx(min(values)) and float(row["max"]) == pytest.approx(max(values))
     assert ("landscape/beta_smoothness", "norm=none", 40) in rows
     assert ("landscape/beta_smoothness", "norm=none", 20) not in rows  # taken every 40 steps only
+
+
+# --- the gradient probe: the step's own gradient norms, free and without effect ------------------
+
+def scalars_of(run_dir: Path, prefix: str) -> dict[tuple[int, str], float]:
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    return {(int(step), tag): float(v) for step, tag, v in rows if tag.startswith(prefix)}
+
+
+def test_gradient_norms_are_the_steps_own_and_change_nothing(compose, tmp_path):
+    from bnexp import data, models
+
+    overrides = [*FAST, "model.hidden=[20,20]", "trainer.max_steps=100", "optim.weight_decay=0.01"]
+    with_probe, without = tmp_path / "with", tmp_path / "without"
+    run(compose(*overrides, "probes.grad_every=40"), with_probe)
+    run(compose(*overrides), without)
+    grads = scalars_of(with_probe, "grad/")
+    assert sorted({s for s, _ in grads}) == [1, 40, 80]  # the first step (initial weights), then every 40
+    assert {t for _, t in grads} == {"grad/hidden1/norm", "grad/hidden2/norm", "grad/output/norm"}
+    assert all(math.isfinite(v) and v > 0 for v in grads.values())
+    # The first step's value is the gradient of the loss on batch 0 at the initial weights, by hand.
+    cfg = compose(*overrides)
+    source = data.build(cfg.data, cfg.trainer, torch.device("cpu"))
+    torch.manual_seed(cfg.trainer.seed)
+    model = models.build(cfg.model, cfg.norm, source.input_shape, source.num_classes)
+    x, y = source.next_batch(0)
+    F.cross_entropy(model(x), y).backward()
+    assert grads[(1, "grad/hidden1/norm")] == pytest.approx(model.hidden[0].linear.weight.grad.norm().item(), rel=1e-5)
+    # and the run is bitwise the one without the probe
+    assert scalars_of(with_probe, "t") == scalars_of(without, "t")  # train/..., test/...
+
+
+def test_replicas_log_each_seeds_own_gradient_norms(compose, tmp_path):
+    overrides = [*FAST, "model.hidden=[20,20]", "trainer.max_steps=100", "probes.grad_every=50"]
+    run(compose(*overrides, "trainer.replicas=2"), tmp_path / "group")
+    run(compose(*overrides, "trainer.seed=1"), tmp_path / "alone")
+    stacked, alone = scalars_of(tmp_path / "group" / "seed_1", "grad/"), scalars_of(tmp_path / "alone", "grad/")
+    assert stacked.keys() == alone.keys() and len(alone) == 3 * 3
+    assert all(stacked[k] == pytest.approx(alone[k], rel=1e-4) for k in alone)
+    assert stacked != scalars_of(tmp_path / "group" / "seed_0", "grad/")
