@@ -83,7 +83,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     for net, (overrides, batch, channels_last) in NETS.items():
-        x, y, x_eval = images(batch, channels_last), torch.randint(0, 10, (batch,)), images(args.eval_batch, channels_last)
+        x, x_eval = images(batch, channels_last), images(args.eval_batch, channels_last)
+        y = torch.randint(0, 10, (batch,))
         plain, bn = build(overrides, "none", channels_last), build(overrides, "batch", channels_last)
         train = {"no norm": training_step(plain, x, y), "BN": training_step(bn, x, y)}
         for _ in range(3):
