@@ -414,6 +414,7 @@ def _probes(c: Checks) -> None:
     c.whole("probes.landscape_every", ">= 0")
     c.numbers("probes.landscape_steps", "> 0")
     c.whole("probes.grad_every", ">= 0")
+    c.flag("probes.variance_shift")
 
 
 def step_probes_on(probes: DictConfig) -> bool:

@@ -125,6 +125,42 @@ def _largest(values: list[float]) -> float:
     return math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
+class VarianceShift:
+    """Li et al. 2019's "variance shift" (arXiv 1801.05134): for each BN layer, the variance of its
+    input over the test set in the inference network (dropout off) divided by the moving variance
+    it learned in training (where dropout upstream of it was on), averaged over the layer's units.
+    1 means no shift; dropout before a BN layer makes the two differ. Logged at every evaluation:
+    varshift/<layer> (the layer's module name, e.g. hidden.1.norm)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = {name: m for name, m in model.named_modules()
+                       if isinstance(getattr(m, "running_var", None), torch.Tensor)}
+        self._sums: dict[str, list] = {}
+
+    def _hook(self, name: str):
+        def record(module, inputs):
+            x = inputs[0].detach().double()
+            dims = [d for d in range(x.dim()) if d != 1]  # per unit (channel): over examples and positions
+            n, total, squares = self._sums.setdefault(name, [0, 0.0, 0.0])
+            self._sums[name] = [n + x.numel() // x.shape[1], total + x.sum(dims), squares + (x * x).sum(dims)]
+
+        return record
+
+    @contextmanager
+    def recording(self):
+        self._sums.clear()
+        with input_hooks(self.layers, self._hook):
+            yield
+
+    def ratios(self) -> dict[str, float]:
+        out = {}
+        for name, (n, total, squares) in self._sums.items():
+            variance = (squares - total * total / n) / (n - 1)  # unbiased, as the moving variance
+            ratio = variance / self.layers[name].running_var.double()
+            out[f"varshift/{name}"] = ratio.mean().item()
+        return out
+
+
 class GradientProbe:
     """The norm of each weight layer's gradient, ||dL/dW||, on a training step's own batch: on the
     first step (the gradient at the initial weights, for the vanishing and exploding gradient

@@ -8,6 +8,7 @@ checkpoint, the end. A record knows nothing of how steps are made; its model is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from bnexp.builders import autocast, in_layout
 from bnexp.errors import UserError, first_line
 from bnexp.evaluation import error_with_batch_statistics, fold_batch_norms, test_metrics
 from bnexp.norm import batch_statistics_layers, finalize_population
-from bnexp.probes import PercentileProbe
+from bnexp.probes import PercentileProbe, VarianceShift
 from bnexp.summary import ENDED, Status, Summary, first_step_reaching, provenance
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,11 @@ log = logging.getLogger(__name__)
 
 class RunRecord:
     def __init__(self, cfg, run_dir: Path, model, optimizer, data, runlog, writes_checkpoints: bool = True,
-                 population_batches: int = 0):
+                 population_batches: int = 0, variance_shift: bool = False):
         """cfg: the run's trainer group. runlog: its RunLog (NullLog in a data-parallel run's other
         processes, which write no checkpoints either). population_batches: if > 0, the BN layers'
-        population statistics are computed over that many training batches after the last step."""
+        population statistics are computed over that many training batches after the last step.
+        variance_shift: also log each BN layer's variance shift at every evaluation (probes.variance_shift)."""
         self.dir, self.model, self.optimizer, self.data, self.runlog = Path(run_dir), model, optimizer, data, runlog
         self.writes_checkpoints, self.population_batches = writes_checkpoints, population_batches
         self.max_steps, self.targets, self.batch_size = int(cfg.max_steps), list(cfg.targets), int(cfg.batch_size)
@@ -39,6 +41,7 @@ class RunRecord:
         self.amp, self.channels_last, self.fold_bn = bool(cfg.amp), bool(cfg.channels_last), bool(cfg.eval_fold_bn)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
+        self.variance_shift = VarianceShift(model) if variance_shift else None
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
         self.saved_step = 0  # the step of the newest checkpoint
         self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
@@ -87,8 +90,11 @@ class RunRecord:
         def prepare(x):
             return in_layout(x, self.channels_last)
 
-        inference = fold_batch_norms(self.model) if self.fold_bn else self.model
-        with self.probe.recording(inference.probe_points()), autocast(self.device, self.amp):
+        # The variance shift reads the BN layers' inputs: they are there only unfolded.
+        folded = self.fold_bn and self.variance_shift is None
+        inference = fold_batch_norms(self.model) if folded else self.model
+        shift = self.variance_shift.recording() if self.variance_shift else contextlib.nullcontext()
+        with self.probe.recording(inference.probe_points()), shift, autocast(self.device, self.amp):
             accuracy, loss = test_metrics(inference, self.data, prepare)
         self.history.append((step, accuracy))
         batchstats = {}
@@ -98,7 +104,8 @@ class RunRecord:
                     self.model, self.batch_norms, self.data, self.batch_size, prepare)
         self.eval_time += time.perf_counter() - started
         self.runlog.scalars(step, {"test/accuracy": accuracy, "test/error": 1 - accuracy, "test/loss": loss,
-                                   **batchstats, **self.probe.percentiles()})
+                                   **batchstats, **self.probe.percentiles(),
+                                   **(self.variance_shift.ratios() if self.variance_shift else {})})
 
     def final_evaluation(self, step: int) -> None:
         """After the last step: the paper's population statistics where asked for, then the last evaluation."""

@@ -94,7 +94,8 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
         runlog = open_runlog(configs[s], dirs[s], nets[r], states[r], step_probes) if rank == 0 else NullLog()
         record = RunRecord(configs[s].trainer, dirs[s], nets[r], stepper.optimizer_of(r),
                            data.reseeded(s) if group else data, runlog, writes_checkpoints=rank == 0,
-                           population_batches=builders.population_batches(cfg.norm))
+                           population_batches=builders.population_batches(cfg.norm),
+                           variance_shift=cfg.probes.variance_shift)
         if states[r] is not None:
             record.restore(states[r])
         records.append(record)

@@ -309,3 +309,33 @@ def test_replicas_log_each_seeds_own_gradient_norms(compose, tmp_path):
     assert stacked.keys() == alone.keys() and len(alone) == 3 * 3
     assert all(stacked[k] == pytest.approx(alone[k], rel=1e-4) for k in alone)
     assert stacked != scalars_of(tmp_path / "group" / "seed_0", "grad/")
+
+
+# --- the variance shift (Li et al. 2019): test-time input variance / BN's moving variance ----------
+
+def test_variance_shift_is_the_test_variance_over_the_moving_variance():
+    from bnexp.probes import VarianceShift
+
+    bn = nn.BatchNorm1d(3)
+    bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25]))
+    net = nn.Sequential(bn).eval()
+    shift = VarianceShift(net)
+    x = torch.randn(1000, 3, dtype=torch.float64)
+    with shift.recording():
+        for part in x.split(300):  # over batches, as the test set is evaluated
+            net(part.float())
+    expected = (x.float().double().var(0) / bn.running_var.double()).mean().item()
+    assert shift.ratios() == {"varshift/0": pytest.approx(expected, rel=1e-9)}
+
+
+def test_dropout_before_bn_shifts_its_variance_and_dropout_after_every_bn_does_not(compose, tmp_path):
+    base = [*FAST, "model.activation=relu", "model.dropout=0.5", "probes.variance_shift=true", "trainer.max_steps=300"]
+    for where in ("every", "last"):
+        run(compose(*base, f"model.dropout_at={where}"), tmp_path / where)
+    final = {where: {t: v for (s, t), v in scalars_of(tmp_path / where, "varshift/").items() if s == 300}
+             for where in ("every", "last")}
+    assert set(final["every"]) == {"varshift/hidden.0.norm", "varshift/hidden.1.norm", "varshift/hidden.2.norm"}
+    # The first BN has no dropout before it; the later ones do when dropout is in every block.
+    assert final["every"]["varshift/hidden.0.norm"] == pytest.approx(1, abs=0.15)
+    assert all(final["every"][f"varshift/hidden.{i}.norm"] < 0.85 for i in (1, 2))
+    assert all(v == pytest.approx(1, abs=0.15) for v in final["last"].values())
