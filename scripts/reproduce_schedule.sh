@@ -46,8 +46,14 @@ case "${1:-}" in
       trainer.seed=0 trainer.channels_last=false trainer.eval_fold_bn=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
     mkdir -p "$out"
     "$python" scripts/same_seed.py "$sweeps/bn_x5" "$sweeps/speed" --out "$out/speed.md" ;;
-  report)
+  report)  # and whether each setting had stopped improving by its end (gain over its last quarter)
+    steps=$(length)
     "$bnexp" report "$sweeps/baseline" "$sweeps/bn_x5" --baseline inception --targets 0.95,0.98,0.99 \
-      --claims "results/schedule/claims_$data.yaml" --out "$out" ;;
+      --claims "results/schedule/claims_$data.yaml" --out "$out"
+    "$python" scripts/plateau.py "$sweeps/baseline" --name inception --lengths "$steps" --out "$out/plateau_inception.md"
+    for s in $speedups; do
+      "$python" scripts/plateau.py "$sweeps/bn_x5" --name "bn_x5_decay${s}x" \
+        --lengths $(( steps / s > 1500 ? steps / s : 1500 )) --out "$out/plateau_bn_x5_decay${s}x.md"
+    done ;;
   *) echo "usage: DATA=mnist|fashion_mnist $0 baseline | bn_x5 | report | speed" >&2; exit 2 ;;
 esac
