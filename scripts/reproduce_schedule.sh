@@ -18,6 +18,11 @@ cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
 python=${PYTHON:-$(dirname "$bnexp")/python}
 data=${DATA:?DATA=mnist or DATA=fashion_mnist}
+case $data in
+  mnist) targets=0.95,0.98,0.99 ;;
+  fashion_mnist) targets=0.85,0.88,0.9 ;;
+  *) echo "reproduce_schedule: DATA must be mnist or fashion_mnist, not '$data'" >&2; exit 2 ;;
+esac
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/schedule_$data
 out=results/schedule/$data
 seeds=${SEEDS:-0,1,2}
@@ -48,7 +53,7 @@ case "${1:-}" in
     "$python" scripts/same_seed.py "$sweeps/bn_x5" "$sweeps/speed" --out "$out/speed.md" ;;
   report)  # and whether each setting had stopped improving by its end (gain over its last quarter)
     steps=$(length)
-    "$bnexp" report "$sweeps/baseline" "$sweeps/bn_x5" --baseline inception --targets 0.95,0.98,0.99 \
+    "$bnexp" report "$sweeps/baseline" "$sweeps/bn_x5" --baseline inception --targets "$targets" \
       --claims "results/schedule/claims_$data.yaml" --out "$out"
     "$python" scripts/plateau.py "$sweeps/baseline" --name inception --lengths "$steps" --out "$out/plateau_inception.md"
     for s in $speedups; do
