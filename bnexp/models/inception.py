@@ -70,8 +70,8 @@ class LocalResponseNorm(nn.Module):
 class PointwiseConv(nn.Conv2d):
     """A 1x1 convolution (stride 1) that, on a channels_last input, is computed as one matrix product
     of the input's NHWC view (N*H*W x C_in) with the weight: the same function (to float rounding,
-    tested), the same parameters and output layout; oneDNN's convolution has more overhead at this
-    network's small channel counts: the training step of the CPU-scale net is about 9% faster."""
+    tested), the same parameters and output layout, without the per-call overhead of oneDNN's
+    convolution at this network's small channel counts (results/bench_inception.md)."""
 
     def __init__(self, c_in: int, c_out: int, bias: bool):
         super().__init__(c_in, c_out, 1, bias=bias)
