@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from torchvision.datasets import MNIST
 
 from bnexp import data, mnist
+from bnexp.config import compose
 from bnexp.errors import UserError
 
 
@@ -77,9 +78,8 @@ def test_corrupt_files_give_a_clear_error(tmp_path):
 
 
 def synthetic(batch_size=32, seed=0):
-    cfg = OmegaConf.create({"name": "synthetic", "n_train": 100, "n_test": 40, "num_classes": 10,
-                            "shape": [1, 4, 4], "noise": 1.0, "seed": 3, "mean": 0.0, "std": 1.0,
-                            "distort": 0.0, "distort_mult": 1.0})
+    cfg = OmegaConf.merge(compose(["data=synthetic"]).data, {"n_train": 100, "n_test": 40, "num_classes": 10,
+                                                             "shape": [1, 4, 4], "noise": 1.0, "seed": 3})
     trainer = OmegaConf.create({"batch_size": batch_size, "seed": seed, "eval_batch_size": 16})
     return data.build(cfg, trainer, torch.device("cpu"))
 
@@ -174,8 +174,7 @@ def test_fashion_mnist_offline_is_loaded_and_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "FASHION_LABEL_COUNTS", {"train": [3] * 10, "test": [2] * 10})  # the fixture's split
     (train_x, train_y), (test_x, test_y) = mnist.load_fashion_mnist(tmp_path / "root")
     assert train_x.shape == (30, 28, 28) and test_x.shape == (20, 28, 28) and train_x.dtype == torch.uint8
-    cfg = OmegaConf.create({"name": "fashion_mnist", "root": str(tmp_path / "root"), "download": False,
-                            "mean": 0.2860, "std": 0.3530, "distort": 0.0, "distort_mult": 1.0})
+    cfg = OmegaConf.merge(compose(["data=fashion_mnist"]).data, {"root": str(tmp_path / "root"), "download": False})
     trainer = OmegaConf.create({"batch_size": 5, "seed": 0, "eval_batch_size": 8})
     source = data.build(cfg, trainer, torch.device("cpu"))
     x, y = source.next_batch(0)
@@ -266,9 +265,8 @@ def test_fashion_mnist_online_uses_torchvisions_download_and_no_deb(tmp_path, mo
 def test_a_train_subset_is_the_same_examples_for_every_seed():
     """data.train_subset=N trains on N examples chosen by data.subset_seed alone: the same for every
     trainer.seed; another subset_seed chooses others; the test set stays whole."""
-    base = OmegaConf.create({"name": "synthetic", "n_train": 300, "n_test": 50, "num_classes": 3, "shape": [1, 4, 4],
-                             "noise": 1.0, "seed": 7, "mean": 0.0, "std": 1.0, "distort": 0.0, "distort_mult": 1.0,
-                             "train_subset": None, "subset_seed": 0})
+    base = OmegaConf.merge(compose(["data=synthetic"]).data, {"n_train": 300, "n_test": 50, "num_classes": 3,
+                                                              "shape": [1, 4, 4], "noise": 1.0, "seed": 7})
 
     def built(seed, **data_cfg):
         trainer = OmegaConf.create({"batch_size": 10, "seed": seed, "eval_batch_size": 50})
