@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnexp.models.mlp import ACTIVATIONS
+from bnexp.models.mlp import unit_layers
 
 # name: (#1x1, #3x3 reduce, #3x3, #double-3x3 reduce, #double-3x3, pool, pool projection, stride)
 MODULES = OrderedDict([
@@ -91,17 +91,12 @@ class ConvUnit(nn.Sequential):
     (post); the conv keeps its bias unless a norm follows it directly."""
 
     def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation, norm_position="pre"):
-        norm = norm_builder(c_out, "conv")
-        bias = norm is None or norm_position == "post"
-        conv = (PointwiseConv(c_in, c_out, bias) if kernel == 1 and stride == 1
-                else nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=bias))
-        layers = OrderedDict(conv=conv)
-        if norm is not None and norm_position == "pre":
-            layers["norm"] = norm
-        layers["act"] = ACTIVATIONS[activation]()
-        if norm is not None and norm_position == "post":
-            layers["norm"] = norm
-        super().__init__(layers)
+        def conv(bias: bool) -> nn.Conv2d:
+            if kernel == 1 and stride == 1:
+                return PointwiseConv(c_in, c_out, bias)
+            return nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=bias)
+
+        super().__init__(unit_layers("conv", conv, norm_builder(c_out, "conv"), activation, norm_position))
 
 
 class InceptionModule(nn.Module):

@@ -11,11 +11,25 @@ at zero (De & Smith 2020), the normalization-free way to train deep residual net
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 import torch
 from torch import nn
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
+def unit_layers(name: str, make_layer, norm: nn.Module | None, activation: str, position: str) -> OrderedDict:
+    """One unit of a bnexp model: layer -> norm -> nonlinearity (position pre, the paper's BN(Wu)) or
+    layer -> nonlinearity -> norm (post). make_layer(bias=...) builds the linear or conv layer, named
+    `name`: it keeps its bias unless a norm follows it directly (the norm's shift, beta, replaces it)."""
+    layers = OrderedDict([(name, make_layer(bias=norm is None or position == "post"))])
+    if norm is not None and position == "pre":
+        layers["norm"] = norm
+    layers["act"] = ACTIVATIONS[activation]()
+    if norm is not None and position == "post":
+        layers["norm"] = norm
+    return layers
 
 
 class ResidualBlock(nn.Sequential):
@@ -39,14 +53,8 @@ class MLP(nn.Module):
         super().__init__()
         layers, width = [], in_features
         for i, out in enumerate(hidden):
-            norm = norm_builder(out, "fc")
-            # A norm right after the linear layer has its own shift (beta), which replaces the bias.
-            block = OrderedDict(linear=nn.Linear(width, out, bias=norm is None or norm_position == "post"))
-            if norm is not None and norm_position == "pre":
-                block["norm"] = norm
-            block["act"] = ACTIVATIONS[activation]()
-            if norm is not None and norm_position == "post":
-                block["norm"] = norm
+            block = unit_layers("linear", partial(nn.Linear, width, out),
+                                norm_builder(out, "fc"), activation, norm_position)
             if dropout > 0 and (dropout_at == "every" or i == len(hidden) - 1):
                 block["dropout"] = nn.Dropout(dropout)
             layers.append(ResidualBlock(block, skipinit) if residual and width == out else nn.Sequential(block))
