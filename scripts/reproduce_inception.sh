@@ -6,7 +6,7 @@
 # evaluated on a geometric schedule (configs/scale/inception_<data>_plateau.yaml).
 #
 #   bash scripts/reproduce_inception.sh lr_sweep  # 0) the baseline's base lr, at 1,000 steps (MNIST: 0.01)
-#   bash scripts/reproduce_inception.sh pilot     # 1) the baseline's length: 3 seeds, plateau table
+#   bash scripts/reproduce_inception.sh pilot     # 1) the baseline's length: 3 seeds, plateau table (pilot.md)
 #   bash scripts/reproduce_inception.sh main      # 2) the 21 runs, the plateau table and the report
 #   bash scripts/reproduce_inception.sh speed     # 3) the speed setting against plain fp32, same seed
 #
@@ -39,14 +39,11 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data
 seeds=${SEEDS:-0,1,2}
 scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
 
-# The baseline's length N (8,000 steps on MNIST), read from the scale preset through Hydra.
-steps=$("$bnexp" train experiment=inception scale="inception_${data}_plateau" --cfg job --resolve 2>/dev/null |
-  sed -n 's/^  max_steps: \([0-9]*\)$/\1/p' || true)
-[[ -n $steps ]] || { echo "reproduce_inception: no trainer.max_steps in scale=inception_${data}_plateau" >&2; exit 2; }
-# BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline: N/6 steps rounded up to 500 (on
-# MNIST 1,500, lr 0.3% of its start by the end). Inception-x5 and Inception-sigmoid, compared with
-# BN-x5 and BN-x5-Sigmoid, train as long as those.
-fast_steps=$(( (steps / 6 + 499) / 500 * 500 ))
+. scripts/inception_lengths.sh
+steps=$(baseline_steps)
+# BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline (MNIST: 1,500 steps; Fashion-MNIST:
+# 2,000). Inception-x5 and Inception-sigmoid, compared with BN-x5 and BN-x5-Sigmoid, train as long.
+fast_steps=$(decayed_steps "$steps" 6)
 fast() {
   "$bnexp" train -m experiment="${MODELS:-bn_x5,bn_x30,bn_x5_sigmoid}" "${scale[@]}" \
     trainer.max_steps=$fast_steps trainer.seed="$seeds" hydra.sweep.dir="$sweeps/main_fast" "$@"
@@ -64,7 +61,7 @@ report() {
   "$python" scripts/plateau.py "$sweeps/main" --name inception --lengths $((2*q)),$((4*q)),$((5*q)),$((6*q)),$((7*q)),$steps \
     --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
-    --targets "$targets" --out "$out"
+    --targets "$targets" --claims "$out/claims.yaml" --out "$out"
 }
 
 case "${1:-}" in
@@ -75,12 +72,18 @@ case "${1:-}" in
       optim.lr=0.005,0.01,0.02,0.05 hydra.sweep.dir="$sweeps/lr_sweep" "${@:2}"
     "$bnexp" report "$sweeps/lr_sweep" --targets "${targets%,*,*}" --out "$out/lr_sweep"
     "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
-  pilot)  # MNIST's was made with the preset's earlier decay, every 200 steps (pilot.md); others use their scale's
-    if [[ $data == mnist ]]; then decay=(schedule.decay_steps=200 trainer.eval_first=20 trainer.eval_ratio=1.1); else
-      decay=(); fi
-    "$bnexp" train -m experiment=inception "${scale[@]}" "${decay[@]}" trainer.max_steps=12000 \
-      trainer.seed="$seeds" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
-    "$python" scripts/plateau.py "$sweeps/pilot" --lengths 3000,4000,6000,8000,10000,12000 --out "$out/pilot.md" ;;
+  pilot)  # MNIST's was made with the preset's earlier decay, every 200 steps, to 12,000 steps (pilot.md). On
+    # other data the pilot is the baseline itself, `slow`'s Inception runs at the scale's length: its
+    # plateau table (pilot.md) says whether that length is long enough.
+    if [[ $data == mnist ]]; then
+      "$bnexp" train -m experiment=inception "${scale[@]}" schedule.decay_steps=200 trainer.eval_first=20 \
+        trainer.eval_ratio=1.1 trainer.max_steps=12000 trainer.seed="$seeds" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
+      "$python" scripts/plateau.py "$sweeps/pilot" --lengths 3000,4000,6000,8000,10000,12000 --out "$out/pilot.md"
+    else
+      MODELS=inception slow "${@:2}"
+      "$python" scripts/plateau.py "$sweeps/main" --name inception --out "$out/pilot.md" \
+        --lengths $((steps / 4)),$((steps / 3)),$((steps / 2)),$((2 * steps / 3)),$((5 * steps / 6)),$steps
+    fi ;;
   speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside fast's seeds
     "$bnexp" train -m experiment=bn_x5 "${scale[@]}" trainer.max_steps=$fast_steps trainer.seed=0 \
       trainer.channels_last=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
