@@ -389,7 +389,7 @@ def _trainer(c: Checks) -> None:
     c.choice("trainer.progress", ("auto", True, False))
     c.numbers("trainer.targets", TARGET_BOUNDS, empty=True)
     c.whole("trainer.probe_unit", ">= 0")
-    for flag in ("eval_batchstats", "eval_fold_bn", "amp", "channels_last", "compile", "deterministic"):
+    for flag in ("eval_batchstats", "eval_fold_bn", "eval_train", "amp", "channels_last", "compile", "deterministic"):
         c.flag(f"trainer.{flag}")
     c.whole("trainer.checkpoint_every", ">= 0")
     c.choice("trainer.resume", ("auto", "never"))

@@ -31,8 +31,9 @@ class BatchSource(Protocol):
     def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, labels) of training step `step`, on the training device: the same for the same step."""
 
-    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole test set, in batches of trainer.eval_batch_size, in a fixed order."""
+    def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole test set (or with split="train" the training set, as evaluation transforms it),
+        in batches of trainer.eval_batch_size, in a fixed order."""
 
 
 def input_shape(cfg: DictConfig) -> tuple[int, ...]:
@@ -95,9 +96,12 @@ class DeviceData:
         other.seed, other._epoch, other._perm = seed, -1, None
         return other
 
-    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, len(self.test_x), self.eval_batch_size):
-            yield self.test_x[i : i + self.eval_batch_size], self.test_y[i : i + self.eval_batch_size]
+    def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole test set, or with split="train" the whole training set (its subset, if one is
+        chosen), as it is: unaugmented, in order, every example once."""
+        x, y = (self.test_x, self.test_y) if split == "test" else (self.train_x, self.train_y)
+        for i in range(0, len(x), self.eval_batch_size):
+            yield x[i : i + self.eval_batch_size], y[i : i + self.eval_batch_size]
 
 
 class FolderData:
@@ -124,6 +128,9 @@ class FolderData:
         try:
             self.train = tvd.ImageFolder(str(root / "train"), train_tf, loader=load_image)
             self.val = tvd.ImageFolder(str(root / "val"), eval_tf, loader=load_image)
+            # The training images as evaluation sees them (trainer.eval_train): listed only when asked for.
+            self.train_evaluated = tvd.ImageFolder(str(root / "train"), eval_tf, loader=load_image) \
+                if trainer.eval_train else None
         except (FileNotFoundError, OSError) as e:
             raise UserError(f"cannot read the image folders under {root}: {e}") from None
         if self.train.classes != self.val.classes:
@@ -157,9 +164,10 @@ class FolderData:
             x, y = (own_shard(t, self.rank, self.world) for t in next(self._batches))
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset = self.val if split == "test" else self.train_evaluated
         with unreadable_images_fail_the_run():
-            for x, y in self._loader(self.val, self.trainer.eval_batch_size, False):
+            for x, y in self._loader(dataset, self.trainer.eval_batch_size, False):
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 

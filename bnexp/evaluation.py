@@ -32,12 +32,12 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def test_metrics(model: nn.Module, data, prepare=lambda x: x) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set;
-    `prepare` puts each batch in the model's memory layout."""
+def test_metrics(model: nn.Module, data, prepare=lambda x: x, split: str = "test") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set, or on
+    the training set with split="train"; `prepare` puts each batch in the model's memory layout."""
     model.eval()
     correct = loss_sum = n = 0
-    for x, y in data.eval_batches():
+    for x, y in data.eval_batches(split):
         logits = model(prepare(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()

@@ -39,6 +39,7 @@ class RunRecord:
         self.max_steps, self.targets, self.batch_size = int(cfg.max_steps), list(cfg.targets), int(cfg.batch_size)
         self.device = next(model.parameters()).device
         self.amp, self.channels_last, self.fold_bn = bool(cfg.amp), bool(cfg.channels_last), bool(cfg.eval_fold_bn)
+        self.eval_train = bool(cfg.eval_train)
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
         self.variance_shift = VarianceShift(model) if variance_shift else None
@@ -84,7 +85,8 @@ class RunRecord:
                                    "perf/steps_per_s": steps_per_s})
 
     def evaluate(self, step: int) -> None:
-        """Test-set accuracy of the inference network (eval mode: population statistics)."""
+        """Test-set accuracy of the inference network (eval mode: population statistics), and with
+        trainer.eval_train the training set's (train_set/accuracy, train_set/loss: the train/test gap)."""
         started = time.perf_counter()
 
         def prepare(x):
@@ -96,6 +98,11 @@ class RunRecord:
         shift = self.variance_shift.recording() if self.variance_shift else contextlib.nullcontext()
         with self.probe.recording(inference.probe_points()), shift, autocast(self.device, self.amp):
             accuracy, loss = test_metrics(inference, self.data, prepare)
+        train_set = {}
+        if self.eval_train:  # after the probes: they describe the test set
+            with autocast(self.device, self.amp):
+                train_accuracy, train_loss = test_metrics(inference, self.data, prepare, split="train")
+            train_set = {"train_set/accuracy": train_accuracy, "train_set/loss": train_loss}
         self.history.append((step, accuracy))
         batchstats = {}
         if self.batch_norms:
@@ -104,7 +111,7 @@ class RunRecord:
                     self.model, self.batch_norms, self.data, self.batch_size, prepare)
         self.eval_time += time.perf_counter() - started
         self.runlog.scalars(step, {"test/accuracy": accuracy, "test/error": 1 - accuracy, "test/loss": loss,
-                                   **batchstats, **self.probe.percentiles(),
+                                   **train_set, **batchstats, **self.probe.percentiles(),
                                    **(self.variance_shift.ratios() if self.variance_shift else {})})
 
     def final_evaluation(self, step: int) -> None:

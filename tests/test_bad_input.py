@@ -39,6 +39,7 @@ def assert_refused(done, runs_root, message):
     ("model.skipinit=true", "model.skipinit scales residual branches: set model.residual=true too"),
     ("probes.grad_every=-1", "probes.grad_every must be a whole number >= 0, got -1"),
     ("probes.variance_shift=yes", "probes.variance_shift must be true or false, got 'yes'"),
+    ("trainer.eval_train=2", "trainer.eval_train must be true or false, got 2"),
     ("model.depth=0", "model.depth must be a whole number >= 1 or null, got 0"),
     ("model.depth=3 model.hidden=[100,50]", "model.depth repeats one width, but model.hidden lists several"),
     ("data.train_subset=5000", "data.train_subset=5000 exceeds the 2048 training examples"),

@@ -103,6 +103,16 @@ def test_eval_batches_cover_the_test_set_in_order():
     assert torch.equal(torch.cat([y for _, y in source.eval_batches()]), source.test_y)
 
 
+def test_eval_batches_of_the_train_split_are_the_training_set_unaugmented():
+    """split="train" (trainer.eval_train): every training example once, in order, without the
+    augmentation its training batches get."""
+    source = synthetic(batch_size=25)
+    source.augment = lambda x, g: x + 1.0
+    x = torch.cat([x for x, _ in source.eval_batches("train")])
+    assert torch.equal(x, source.train_x) and not torch.equal(source.next_batch(0)[0], source.train_x[:25])
+    assert torch.equal(torch.cat([y for _, y in source.eval_batches("train")]), source.train_y)
+
+
 def test_batch_larger_than_the_dataset_is_a_user_error():
     with pytest.raises(UserError, match="exceeds the 100 training examples"):
         synthetic(batch_size=101)

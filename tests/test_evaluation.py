@@ -96,3 +96,21 @@ def test_a_run_evaluates_the_same_folded_or_not(bnexp, runs_root):
     assert len(scalars) == 2 and scalars[0].keys() == scalars[1].keys()
     assert {key for _, key in scalars[0]} >= {"test/accuracy", "test/loss", "probe/inception3a/p50"}
     assert all(abs(scalars[0][k] - scalars[1][k]) < 1e-4 for k in scalars[0])
+
+
+def test_eval_train_logs_the_training_sets_accuracy_beside_the_test_sets(bnexp, runs_root):
+    """trainer.eval_train: train_set/accuracy and train_set/loss at every evaluation, of each
+    replica, on the training subset; an MLP that memorises 32 examples shows the train/test gap."""
+    done = bnexp("train", "data=synthetic", "data.train_subset=32", "data.noise=3.0", "trainer.batch_size=16",
+                 "trainer.max_steps=300", "trainer.eval_every=100", "trainer.log_every=50", "optim.lr=0.5",
+                 "trainer.eval_train=true", "trainer.replicas=2", "trainer.progress=false")
+    assert done.returncode == 0, done.stderr
+    paths = sorted(runs_root.rglob("seed_*/metrics.csv"))
+    assert len(paths) == 2
+    for path in paths:
+        rows = [row.split(",") for row in path.read_text().splitlines()[1:]]
+        curve = {tag: {int(step): float(v) for step, t, v in rows if t == tag}
+                 for tag in ("test/accuracy", "train_set/accuracy", "train_set/loss")}
+        assert curve["train_set/accuracy"].keys() == curve["test/accuracy"].keys() == {0, 100, 200, 300}
+        assert curve["train_set/accuracy"][300] == 1.0 > curve["test/accuracy"][300] + 0.05
+        assert curve["train_set/loss"][300] < curve["train_set/loss"][0]
