@@ -11,10 +11,18 @@ A claims file (results/<study>/claims.yaml, or any path):
         paper: "..."                                                  # the paper's number or words
         measure: speedup          # speedup | p_sooner | best_accuracy | final_accuracy
                                   # | best_accuracy_gain | final_accuracy_gain | diverged_share
+                                  # | train_test_gap | train_test_gap_gain | variance_shift | init_grad_orders
         variant: norm=batch       # as the report names variants
         baseline: norm=none       # for speedup, p_sooner and the gains (default: the report's)
-        target: every_seed        # speedup, p_sooner: target (the baseline's mean best) or every_seed
+        target: every_seed        # speedup, p_sooner: target (the baseline's mean best), every_seed (its
+                                  # lowest best), or a fixed accuracy among the report's --targets (0.9)
         rule: {holds_above: 1.0}  # or holds_below; with partly_above / partly_below
+
+The probes' measures read runs.csv's probe columns (bnexp/report.py probe_columns): train_test_gap
+is the final train_set accuracy minus the final test accuracy, in points (trainer.eval_train);
+variance_shift the most shifted BN layer's ratio (probes.variance_shift); init_grad_orders the
+log10 of the first weight layer's gradient norm over the last one's at the initial weights
+(probes.grad_every): 2 means the first layer's gradient is 100x the last layer's.
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
 `partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). The
@@ -37,7 +45,8 @@ from bnexp.config import config_dir
 from bnexp.errors import UserError
 
 MEASURES = ("speedup", "p_sooner", "best_accuracy", "final_accuracy", "best_accuracy_gain", "final_accuracy_gain",
-            "diverged_share")
+            "diverged_share", "train_test_gap", "train_test_gap_gain", "variance_shift", "init_grad_orders")
+BASELINE_TARGETS = ("target", "every_seed")  # steps to these are counted to the report's baseline's bests
 HOLDS, PARTLY, NOT, INCONCLUSIVE = "holds", "partly", "does not hold", "inconclusive"
 
 
@@ -49,7 +58,7 @@ class Claim:
     measure: str
     variant: str
     baseline: str | None
-    target: str
+    target: str  # one of BASELINE_TARGETS, or a fixed accuracy as runs.csv names its column ("0.9")
     rule: dict
 
 
@@ -87,13 +96,24 @@ def load(name: str) -> tuple[str, list[Claim]]:
             raise UserError(f"{where}: rule needs one of holds_above, holds_below (with partly_above / partly_below)")
         if ("holds_above" in rule and "partly_below" in rule) or ("holds_below" in rule and "partly_above" in rule):
             raise UserError(f"{where}: a rule's partly threshold goes the same way as its holds threshold")
-        if c.get("target", "every_seed") not in ("target", "every_seed"):
-            raise UserError(f"{where}: target must be target (the baseline's mean best) or every_seed")
+        target = c.get("target", "every_seed")
+        if target not in BASELINE_TARGETS and not (_is_number(target) and 0 < float(target) <= 1):
+            raise UserError(f"{where}: target must be target (the baseline's mean best), every_seed (its lowest "
+                            f"best) or an accuracy in (0, 1], got {target!r}")
         claims.append(Claim(str(c.get("id", i + 1)), str(c.get("claim", "")), str(c.get("paper", "")), c["measure"],
-                            str(c.get("variant", "")), c.get("baseline"), c.get("target", "every_seed"), rule))
+                            str(c.get("variant", "")), c.get("baseline"),
+                            target if target in BASELINE_TARGETS else f"{float(target):g}", rule))
     if not claims:
         raise UserError(f"{path} declares no claims")
     return str(spec.get("study", path.stem)), claims
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return not isinstance(value, bool)
+    except (TypeError, ValueError):
+        return False
 
 
 def read_runs_csv(text: str) -> list[dict]:
@@ -128,17 +148,36 @@ def evaluate(claims: list[Claim], rows: list[dict]) -> list[Verdict]:
     verdicts = []
     for claim in claims:
         baseline = claim.baseline or default
-        if claim.measure in ("speedup", "p_sooner") and baseline != default:
-            raise UserError(f"claim {claim.id}: steps are compared with the report's baseline ({default}); "
-                            f"run the report with --baseline {baseline}")
+        steps = claim.measure in ("speedup", "p_sooner")
+        if steps and claim.target in BASELINE_TARGETS and baseline != default:
+            raise UserError(f"claim {claim.id}: steps to the baseline's best are counted to the report's baseline "
+                            f"({default}); run the report with --baseline {baseline}, or give a fixed target")
         for name in (claim.variant, baseline):
             if name not in by_variant:
                 raise UserError(f"claim {claim.id}: no variant {name!r} among the runs ({', '.join(by_variant)})")
-        value, low, high, n = measure(claim.measure, by_variant[claim.variant], by_variant[baseline],
-                                      f"steps_to_{claim.target}")
+        column = f"steps_to_{claim.target}"
+        if steps and column not in rows[0]:
+            raise UserError(f"claim {claim.id}: runs.csv has no {column}: add {claim.target} to the report's --targets")
+        needed = PROBE_COLUMN.get(claim.measure)
+        read = [claim.variant, *([baseline] if claim.measure.endswith("_gain") else [])]
+        if needed and not all(r.get(needed) for name in read for r in by_variant[name]):
+            raise UserError(f"claim {claim.id}: {claim.measure} needs {needed} in every run of "
+                            f"{' and '.join(map(repr, read))}: train them with {PROBE_SETTING[needed]}")
+        value, low, high, n = measure(claim.measure, by_variant[claim.variant], by_variant[baseline], column)
         verdict = decide(claim.rule, low, high)
         verdicts.append(Verdict(claim, value, low, high, n, verdict + (" (rough)" if n < stats.ROUGH else "")))
     return verdicts
+
+
+# The probe column each probe measure reads, and the setting that takes the probe.
+PROBE_COLUMN = {"train_test_gap": "final_train_accuracy", "train_test_gap_gain": "final_train_accuracy",
+                "variance_shift": "variance_shift", "init_grad_orders": "init_grad_ratio"}
+PROBE_SETTING = {"final_train_accuracy": "trainer.eval_train=true", "variance_shift": "probes.variance_shift=true",
+                 "init_grad_ratio": "probes.grad_every > 0"}
+
+
+def gaps(rows: list[dict]) -> list[float]:
+    return [float(r["final_train_accuracy"]) - float(r["final_accuracy"]) for r in rows]
 
 
 def censored(rows: list[dict], column: str) -> stats.Censored:
@@ -161,6 +200,18 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str) -> tuple
         key = name.removesuffix("_gain")
         e = stats.difference([float(r[key]) for r in runs], [float(r[key]) for r in base])
         return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
+    if name == "train_test_gap":
+        e = stats.mean(gaps(runs))
+        return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
+    if name == "train_test_gap_gain":
+        e = stats.difference(gaps(runs), gaps(base))
+        return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
+    if name == "variance_shift":
+        e = stats.mean([float(r["variance_shift"]) for r in runs])
+        return stats.fmt_estimate(e, 1, 3), e.low, e.high, e.n
+    if name == "init_grad_orders":
+        e = stats.mean([math.log10(float(r["init_grad_ratio"])) for r in runs])
+        return stats.fmt_estimate(e, 1, 2) + " (log10)", e.low, e.high, e.n
     e = stats.mean([float(r["status"] == "diverged") for r in runs])
     return stats.fmt_estimate(e, 100, 0) + "%", e.low, e.high, e.n
 

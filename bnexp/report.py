@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -257,7 +258,7 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
     targets = {**rows[0]["targets"], **{f"{t:g}": t for t in fixed_targets}}
     fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
               "final_accuracy", "final_step", "last_evaluated_step", *(f"steps_to_{k}" for k in targets),
-              "diverged_at_step", "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
+              "diverged_at_step", *PROBE_COLUMNS, "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
     root = common_parent([r.path for runs in variants.values() for r in runs])
     baseline = next(r["variant"] for r in rows if r["baseline"])
     text = io.StringIO()
@@ -274,10 +275,37 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
                 "final_accuracy": r.accuracy[-1][1], "final_step": r.accuracy[-1][0],
                 "last_evaluated_step": r.accuracy[-1][0],
                 **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
+                **probe_columns(r),
                 **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
                                                "git_dirty")},
             })
     return text.getvalue()
+
+
+PROBE_COLUMNS = ("final_train_accuracy", "variance_shift", "init_grad_ratio")
+
+
+def probe_columns(run: Run) -> dict[str, float | None]:
+    """runs.csv's numbers from the optional probes, empty where the run did not take them:
+    final_train_accuracy: train_set/accuracy at the last evaluation (trainer.eval_train);
+    variance_shift: the smallest varshift/<layer> at the last evaluation, the most shifted BN layer
+    (probes.variance_shift); init_grad_ratio: ||dL/dW|| of the first weight layer over the last
+    one's on the first step, at the initial weights (probes.grad_every), layers in their names'
+    natural order (mlp: hidden1 .. hiddenN, output)."""
+    def last(tag: str) -> float | None:
+        curve = run.curves.get(tag)
+        return curve[max(curve)] if curve else None
+
+    shifts = [curve[max(curve)] for tag, curve in run.curves.items() if tag.startswith("varshift/") and curve]
+    grads = sorted((tag for tag in run.curves if tag.startswith("grad/") and tag.endswith("/norm")),
+                   key=lambda tag: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", tag)])
+    ratio = None
+    if grads:
+        first, last_layer = run.curves[grads[0]], run.curves[grads[-1]]
+        step = min(first)
+        ratio = first[step] / last_layer[step] if last_layer.get(step) else None
+    return {"final_train_accuracy": last("train_set/accuracy"), "variance_shift": min(shifts) if shifts else None,
+            "init_grad_ratio": ratio}
 
 
 def common_parent(paths: list[Path]) -> Path:

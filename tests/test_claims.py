@@ -44,7 +44,8 @@ def write(tmp_path, text):
     ("claims: [{measure: speed, rule: {holds_above: 1}}]", "measure must be one of"),
     ("claims: [{measure: speedup, rule: {}}]", "rule needs one of holds_above, holds_below"),
     ("claims: [{measure: speedup, rule: {holds_above: 2, partly_below: 1}}]", "the same way"),
-    ("claims: [{measure: speedup, target: 0.98, rule: {holds_above: 1}}]", "target must be target"),
+    ("claims: [{measure: speedup, target: 98, rule: {holds_above: 1}}]", "target must be target"),
+    ("claims: [{measure: speedup, target: best, rule: {holds_above: 1}}]", "or an accuracy in \\(0, 1\\], got .best."),
     ("claims: [unclosed", "cannot be read"),
 ])
 def test_a_bad_claims_file_is_one_line(tmp_path, text, message):
@@ -111,3 +112,63 @@ def test_claims_the_runs_cannot_decide_are_one_line_and_nothing_is_written(bnexp
         assert done.stderr.strip().splitlines() == [
             "bnexp: error: claim faster: no variant 'norm=layer' among the runs (norm=none, norm=batch)"]
     assert not (tmp_path / "out").exists()  # no report.md or runs.csv that looks finished
+
+
+def add_scalars(path, rows):
+    """More (step, tag, value) rows in a run's metrics.csv (the probes' scalars)."""
+    with open(path / "metrics.csv", "a") as f:
+        f.writelines(f"{step},{tag},{value}\n" for step, tag, value in rows)
+
+
+PROBE_CLAIMS = """study: the probes' measures
+claims:
+  - {id: gap, claim: BN overfits, paper: "-", measure: train_test_gap, variant: norm=batch, rule: {holds_above: 0}}
+  - {id: less, claim: BN narrows the gap, paper: "-", measure: train_test_gap_gain, variant: norm=batch,
+     baseline: norm=none, rule: {holds_below: 0}}
+  - {id: shift, claim: dropout shifts the variance, paper: "-", measure: variance_shift, variant: norm=batch,
+     rule: {holds_below: 0.9}}
+  - {id: grads, claim: gradients explode at init, paper: "-", measure: init_grad_orders, variant: norm=batch,
+     rule: {holds_above: 1}}
+  - {id: fixed, claim: none gets to 90% sooner than BN, paper: "-", measure: speedup, variant: norm=none,
+     baseline: norm=batch, target: 0.9, rule: {holds_above: 1}}
+"""
+
+
+def test_the_probes_measures_and_a_fixed_target(bnexp, tmp_path):
+    """runs.csv's probe columns (the last train_set accuracy, the most shifted BN layer, the first
+    layer's gradient over the last one's on the first step, layers in natural order) and the claims
+    that read them; a fixed target compares any two variants' steps."""
+    runs = tmp_path / "runs"
+    for seed, (train, shift) in enumerate([(0.99, 0.80), (1.0, 0.70)]):
+        path = make_run(runs, f"b{seed}", "batch", seed, {0: 0.1, 1000: 0.95, 2000: 0.96})
+        add_scalars(path, [(1000, "train_set/accuracy", 0.5), (2000, "train_set/accuracy", train),
+                           (2000, "varshift/hidden1", 1.0), (2000, "varshift/hidden2", shift),
+                           (1000, "varshift/hidden2", 0.1),  # not the last evaluation
+                           (1, "grad/hidden2/norm", 100.0), (1, "grad/hidden10/norm", 5.0),
+                           (1, "grad/output/norm", 1.0), (50, "grad/hidden2/norm", 1.0)])
+        path = make_run(runs, f"a{seed}", "none", seed, {0: 0.1, 3000: 0.90, 6000: 0.91})
+        add_scalars(path, [(6000, "train_set/accuracy", 0.95)])
+    done = bnexp("report", str(runs), "--targets", "0.9", "--claims", write(tmp_path, PROBE_CLAIMS),
+                 "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    rows = {r["run"]: r for r in claims.read_runs_csv((tmp_path / "out" / "runs.csv").read_text())}
+    assert rows["b1"]["final_train_accuracy"] == "1.0" and rows["b1"]["variance_shift"] == "0.7"
+    assert rows["b0"]["init_grad_ratio"] == "100.0" and rows["a0"]["init_grad_ratio"] == ""
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    assert "| BN overfits | - | 3.50 [3.00, 4.00] points |" in verdict  # (0.99 - 0.96, 1.0 - 0.96)
+    assert "| BN narrows the gap | - | -0.50 [" in verdict  # 3.5 - 4.0 (0.95 - 0.91) points
+    assert "| dropout shifts the variance | - | 0.750 [0.700, 0.800] |" in verdict
+    assert "| gradients explode at init | - | 2.00 [2.00, 2.00] (log10) |" in verdict
+    assert "| none gets to 90% sooner than BN | - | 0.33x [0.33, 0.33] |" in verdict  # 3000 steps vs 1000
+
+
+def test_a_probe_measure_without_its_probe_is_one_line(bnexp, tmp_path):
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 6000: 0.90})
+    make_run(tmp_path / "runs", "b0", "batch", 0, {0: 0.1, 2000: 0.96})
+    done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, PROBE_CLAIMS))
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("bnexp: error: claim gap: train_test_gap needs final_train_accuracy in every run "
+                                   "of 'norm=batch': train them with trainer.eval_train=true")
+    fixed = PROBE_CLAIMS.split("  - {id: gap")[0] + "  - {id: fixed" + PROBE_CLAIMS.split("  - {id: fixed")[1]
+    done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, fixed))
+    assert done.returncode == 2 and "runs.csv has no steps_to_0.9: add 0.9 to the report's --targets" in done.stderr
