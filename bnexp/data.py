@@ -128,9 +128,6 @@ class FolderData:
         try:
             self.train = tvd.ImageFolder(str(root / "train"), train_tf, loader=load_image)
             self.val = tvd.ImageFolder(str(root / "val"), eval_tf, loader=load_image)
-            # The training images as evaluation sees them (trainer.eval_train): listed only when asked for.
-            self.train_evaluated = tvd.ImageFolder(str(root / "train"), eval_tf, loader=load_image) \
-                if trainer.eval_train else None
         except (FileNotFoundError, OSError) as e:
             raise UserError(f"cannot read the image folders under {root}: {e}") from None
         if self.train.classes != self.val.classes:
@@ -140,6 +137,7 @@ class FolderData:
                             f"{len(self.train)} training images")
         self.num_classes, self.input_shape = len(self.train.classes), (3, cfg.size, cfg.size)
         self.device, self.seed, self.cfg, self.trainer = device, trainer.seed, cfg, trainer
+        self.eval_transform, self.train_evaluated = eval_tf, None  # the latter: listed when first asked for
         # Each process reads whole global batches and keeps its part: simple, and the same batches
         # as a single process; costs the workers (world - 1) / world of their decoding.
         self.rank, self.world = shard
@@ -165,6 +163,10 @@ class FolderData:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self, split: str = "test") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if split == "train" and self.train_evaluated is None:  # trainer.eval_train: the training images, as evaluated
+            from torchvision import datasets as tvd
+
+            self.train_evaluated = tvd.ImageFolder(self.train.root, self.eval_transform, loader=load_image)
         dataset = self.val if split == "test" else self.train_evaluated
         with unreadable_images_fail_the_run():
             for x, y in self._loader(dataset, self.trainer.eval_batch_size, False):

@@ -288,3 +288,6 @@ def test_imagefolder_loader_on_real_jpegs(tmp_path):
     assert x.shape == (4, 3, 32, 32) and set(y.tolist()) <= {0, 1}
     assert [len(y) for _, y in source.eval_batches()] == [5, 1]
     assert source.next_batch(3)[0].shape == (4, 3, 32, 32)  # crosses into the next epoch
+    # trainer.eval_train: the 12 training images once each, as evaluation transforms them (no random crop)
+    first, again = (torch.cat([x for x, _ in source.eval_batches("train")]) for _ in range(2))
+    assert first.shape == (12, 3, 32, 32) and torch.equal(first, again)
