@@ -172,3 +172,29 @@ def test_a_probe_measure_without_its_probe_is_one_line(bnexp, tmp_path):
     fixed = PROBE_CLAIMS.split("  - {id: gap")[0] + "  - {id: fixed" + PROBE_CLAIMS.split("  - {id: fixed")[1]
     done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, fixed))
     assert done.returncode == 2 and "runs.csv has no steps_to_0.9: add 0.9 to the report's --targets" in done.stderr
+
+
+def test_verdict_table_sets_datasets_side_by_side(tmp_path):
+    """scripts/verdict_table.py: a row per claim (the first file's order, then the others'), a column
+    per verdict.csv, "-" where a file lacks the claim; a missing file is one line and exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fields = "id,claim,paper,measure,variant,baseline,target,value,low,high,seeds,verdict\n"
+    (tmp_path / "a.csv").write_text(fields + "x14,BN is 14x faster,-,speedup,v,,target,3.0x [2.0, 4.0],2,4,3,"
+                                    "does not hold (rough)\nhigher,BN ends higher,-,m,v,,t,+0.2 [0.1, 0.3],0.1,0.3,"
+                                    "5,holds\n")
+    (tmp_path / "b.csv").write_text(fields + "higher,BN ends higher,-,m,v,,t,-0.1 [-0.2, 0.0],-0.2,0,5,"
+                                    "does not hold\nnew,another,-,m,v,,t,1,1,1,5,holds\n")
+    script = Path(__file__).parent.parent / "scripts" / "verdict_table.py"
+    done = subprocess.run([sys.executable, script, f"MNIST={tmp_path / 'a.csv'}", f"F={tmp_path / 'b.csv'}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "| claim | MNIST | F |", "|---|---|---|",
+        "| BN is 14x faster | 3.0x [2.0, 4.0]: **does not hold (rough)** (3 seeds) | - |",
+        "| BN ends higher | +0.2 [0.1, 0.3]: **holds** (5 seeds) | -0.1 [-0.2, 0.0]: **does not hold** (5 seeds) |",
+        "| another | - | 1: **holds** (5 seeds) |"]
+    missing = subprocess.run([sys.executable, script, f"A={tmp_path / 'nope.csv'}"], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.startswith("verdict_table: error:")
