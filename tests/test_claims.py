@@ -182,10 +182,10 @@ def test_verdict_table_sets_datasets_side_by_side(tmp_path):
     from pathlib import Path
 
     fields = "id,claim,paper,measure,variant,baseline,target,value,low,high,seeds,verdict\n"
-    (tmp_path / "a.csv").write_text(fields + "x14,BN is 14x faster,-,speedup,v,,target,3.0x [2.0, 4.0],2,4,3,"
-                                    "does not hold (rough)\nhigher,BN ends higher,-,m,v,,t,+0.2 [0.1, 0.3],0.1,0.3,"
+    (tmp_path / "a.csv").write_text(fields + "x14,BN is 14x faster,-,speedup,v,,target,\"3.0x [2.0, 4.0]\",2,4,3,"
+                                    "does not hold (rough)\nhigher,BN ends higher,-,m,v,,t,\"+0.2 [0.1, 0.3]\",0.1,0.3,"
                                     "5,holds\n")
-    (tmp_path / "b.csv").write_text(fields + "higher,BN ends higher,-,m,v,,t,-0.1 [-0.2, 0.0],-0.2,0,5,"
+    (tmp_path / "b.csv").write_text(fields + "higher,BN ends higher,-,m,v,,t,\"-0.1 [-0.2, 0.0]\",-0.2,0,5,"
                                     "does not hold\nnew,another,-,m,v,,t,1,1,1,5,holds\n")
     script = Path(__file__).parent.parent / "scripts" / "verdict_table.py"
     done = subprocess.run([sys.executable, script, f"MNIST={tmp_path / 'a.csv'}", f"F={tmp_path / 'b.csv'}"],
