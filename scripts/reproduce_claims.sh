@@ -9,6 +9,7 @@
 #   bash scripts/reproduce_claims.sh placement  # BN before / after sigmoid and ReLU, and no BN (6)
 #   bash scripts/reproduce_claims.sh depth      # 4 .. 100 layers: plain, residual, SkipInit (30)
 #   bash scripts/reproduce_claims.sh cost       # training steps/s, inference images/s: no norm, BN, BN folded
+#   bash scripts/reproduce_claims.sh all        # the five training studies, one after another
 #
 # Each study is a sweep in $BNEXP_RUNS/bn_<study>_<data> (run it again to continue it: finished
 # runs are skipped), then `bnexp report` writes results/bn_<study>/<data>: report, runs.csv and
@@ -55,5 +56,7 @@ case $study in
   cost)
     mkdir -p results/bn_cost
     "$python" scripts/bench_bn_cost.py --threads 1 --repeats 7 | tee results/bn_cost/bench.txt ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 init | lr | dropout | placement | depth | cost" >&2; exit 2 ;;
+  all)
+    for s in init lr dropout placement depth; do bash scripts/reproduce_claims.sh "$s" "${@:2}"; done ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 init | lr | dropout | placement | depth | cost | all" >&2; exit 2 ;;
 esac
