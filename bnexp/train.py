@@ -144,13 +144,16 @@ def resume_states(resume: str, configs: dict[int, DictConfig], dirs: dict[int, P
 
 
 def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to continue a run dir made with a different config: its steps would mix two experiments."""
+    """Refuse to continue a run dir made with a different config: its steps would mix two experiments.
+    Options newer than the run (absent from its config.yaml) do not count: a new option's default
+    is what bnexp did before it existed, so a run made earlier can be finished, or skipped, by
+    today's bnexp."""
     if not (run_dir / "config.yaml").is_file():
         return
     saved = flatten(OmegaConf.to_container(load_run_config(run_dir)))
     config = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(k for k in saved.keys() | config.keys()
-                     if k not in EXECUTION_SETTINGS and saved.get(k) != config.get(k))
+                     if k not in EXECUTION_SETTINGS and k in saved and saved[k] != config.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
         raise UserError(f"{run_dir} holds a run with a different config ({diff}); refusing to "

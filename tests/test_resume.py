@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bnexp import checkpoint
 from bnexp.errors import UserError
@@ -141,6 +142,18 @@ def test_resuming_with_a_different_config_is_refused(bnexp, tmp_path, reference)
     assert done.returncode != 0
     assert "holds a run with a different config (optim.lr: 2.0 -> 0.5)" in done.stderr
     assert not (reference / "summary.json").exists()
+
+
+def test_a_run_made_before_an_option_existed_is_finished_by_todays_bnexp(bnexp, reference):
+    """An option the run's config.yaml lacks (newer than the run, at its default) is no difference;
+    a setting the run has and the resume changes still is."""
+    (reference / "summary.json").unlink()
+    config = OmegaConf.load(reference / "config.yaml")
+    del config.trainer["eval_train"]
+    OmegaConf.save(config, reference / "config.yaml")
+    done = bnexp("resume", str(reference))
+    assert done.returncode == 0, done.stderr
+    assert (reference / "summary.json").exists()
 
 
 def test_resume_of_a_folder_that_is_not_a_run(bnexp, tmp_path):
