@@ -40,7 +40,8 @@ def assert_same_run(alone: Path, replica: Path, tolerance: float, optimizer: boo
     state_a, state_b = weights(alone), weights(replica)
     assert state_a["step"] == state_b["step"]
     for name, value in state_a["model"].items():  # parameters and BN running statistics
-        torch.testing.assert_close(state_b["model"][name], value, rtol=tolerance, atol=tolerance, msg=name)
+        torch.testing.assert_close(state_b["model"][name], value, rtol=tolerance, atol=tolerance,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     for i, s in state_a["optimizer"]["state"].items() if optimizer else ():
         torch.testing.assert_close(state_b["optimizer"]["state"][i]["momentum_buffer"], s["momentum_buffer"],
                                    rtol=tolerance, atol=tolerance)
@@ -63,9 +64,12 @@ def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case, tolerance
                                       tolerance)
 
 
-@pytest.mark.parametrize("norm, steps, lr", [("none", 10, 0.01), ("batch", 1, 0.1)])
-def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps, lr):
-    """To 1e-3, over a few steps. This small conv net is chaotic: any change of rounding flips
+# With BN, 2e-3: on a 2-core AMD EPYC with AVX-512, 3 of the stem's 108 weights part by 1.4e-3 after
+# its one step (float32 rounding of that ill-conditioned gradient); the update is still checked to
+# be 5x the tolerance, so a wrong one fails.
+@pytest.mark.parametrize("norm, steps, lr, tolerance", [("none", 10, 0.01, 1e-3), ("batch", 1, 0.1, 2e-3)])
+def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps, lr, tolerance):
+    """To 1e-3 (2e-3 with BN), over a few steps. This small conv net is chaotic: any change of rounding flips
     max-pool and ReLU decisions, and the losses part by ~5% within 30 steps, whether the change is
     vmap's (one grouped convolution for all replicas) or the run alone on 1 thread instead of 2
     (measured both ways on a 2-core CPU). With BN, a channel of near-constant input makes the
@@ -78,7 +82,7 @@ the update several times the tolerance (checked), so that a wrong update cannot 
                  "optim.momentum=0.9", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
                  "trainer.log_every=1", "trainer.checkpoint_every=0"]
     # Momentum buffers are sums of raw gradients, where the flips above show first: weights only.
-    check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-3, optimizer=False)
+    check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=tolerance, optimizer=False)
 
 
 def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
