@@ -36,9 +36,11 @@ def relative(a: list[float], b: list[float]) -> float:
 
 def test_fp32_channels_last_takes_the_plain_step(compose):
     """One SGD step of the Inception net in fp32, NHWC against NCHW: the same loss and logits to float
-    rounding, and an update as close to the exact one (the step in float64) as the plain layout's:
-    both are off it by about a thousandth of its size, mostly in the stem's BN gradients, which are
-    ill-conditioned (so one step, not a run: the net is chaotic under any change of rounding)."""
+    rounding, and an update within a percent of the exact one (the step in float64), where a layout
+    mix-up is off by its whole size. How close each layout comes depends on the CPU's kernels (off by
+    1e-3 of the update on one CPU and 1e-6 on another, mostly in the stem's BN gradients, which are
+    ill-conditioned), so neither is held to the other's error; and one step, not a run: the net is
+    chaotic under any change of rounding."""
     cfg = compose(*BASE, *INCEPTION, "optim.momentum=0.9", "model.dropout=0")  # no masks to tell apart
     source = data.build(cfg.data, cfg.trainer, torch.device("cpu"))
     torch.manual_seed(0)
@@ -61,8 +63,7 @@ def test_fp32_channels_last_takes_the_plain_step(compose):
 
     exact = update("float64")
     error = {name: ((update(name) - exact).norm() / exact.norm()).item() for name in ("plain", "channels_last")}
-    assert error["channels_last"] < 3 * error["plain"] + 1e-6, error
-    assert error["channels_last"] < 1e-2, error
+    assert max(error.values()) < 1e-2, error
 
 
 def test_amp_follows_the_fp32_run_of_the_paper_mlp(tmp_path, compose):
