@@ -11,7 +11,8 @@ A claims file (results/<study>/claims.yaml, or any path):
         paper: "..."                                                  # the paper's number or words
         measure: speedup          # speedup | p_sooner | best_accuracy | final_accuracy
                                   # | best_accuracy_gain | final_accuracy_gain | diverged_share
-                                  # | train_test_gap | train_test_gap_gain | variance_shift | init_grad_orders
+                                  # | train_test_gap | train_test_gap_gain | variance_shift
+                                  # | variance_shift_gain | init_grad_orders
         variant: norm=batch       # as the report names variants
         baseline: norm=none       # for speedup, p_sooner and the gains (default: the report's)
         target: every_seed        # speedup, p_sooner: target (the baseline's mean best), every_seed (its
@@ -20,8 +21,9 @@ A claims file (results/<study>/claims.yaml, or any path):
 
 The probes' measures read runs.csv's probe columns (bnexp/report.py probe_columns): train_test_gap
 is the final train_set accuracy minus the final test accuracy, in points (trainer.eval_train);
-variance_shift the most shifted BN layer's ratio (probes.variance_shift); init_grad_orders the
-log10 of the first weight layer's gradient norm over the last one's at the initial weights
+variance_shift the most shifted BN layer's ratio (probes.variance_shift), and variance_shift_gain
+the variant's ratio minus the baseline's (what dropout adds to a net's own shift); init_grad_orders
+the log10 of the first weight layer's gradient norm over the last one's at the initial weights
 (probes.grad_every): 2 means the first layer's gradient is 100x the last layer's.
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
@@ -45,7 +47,8 @@ from bnexp.config import config_dir
 from bnexp.errors import UserError
 
 MEASURES = ("speedup", "p_sooner", "best_accuracy", "final_accuracy", "best_accuracy_gain", "final_accuracy_gain",
-            "diverged_share", "train_test_gap", "train_test_gap_gain", "variance_shift", "init_grad_orders")
+            "diverged_share", "train_test_gap", "train_test_gap_gain", "variance_shift", "variance_shift_gain",
+            "init_grad_orders")
 BASELINE_TARGETS = ("target", "every_seed")  # steps to these are counted to the report's baseline's bests
 HOLDS, PARTLY, NOT, INCONCLUSIVE = "holds", "partly", "does not hold", "inconclusive"
 
@@ -171,7 +174,8 @@ def evaluate(claims: list[Claim], rows: list[dict]) -> list[Verdict]:
 
 # The probe column each probe measure reads, and the setting that takes the probe.
 PROBE_COLUMN = {"train_test_gap": "final_train_accuracy", "train_test_gap_gain": "final_train_accuracy",
-                "variance_shift": "variance_shift", "init_grad_orders": "init_grad_ratio"}
+                "variance_shift": "variance_shift", "variance_shift_gain": "variance_shift",
+                "init_grad_orders": "init_grad_ratio"}
 PROBE_SETTING = {"final_train_accuracy": "trainer.eval_train=true", "variance_shift": "probes.variance_shift=true",
                  "init_grad_ratio": "probes.grad_every > 0"}
 
@@ -208,6 +212,9 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str) -> tuple
         return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
     if name == "variance_shift":
         e = stats.mean([float(r["variance_shift"]) for r in runs])
+        return stats.fmt_estimate(e, 1, 3), e.low, e.high, e.n
+    if name == "variance_shift_gain":
+        e = stats.difference([float(r["variance_shift"]) for r in runs], [float(r["variance_shift"]) for r in base])
         return stats.fmt_estimate(e, 1, 3), e.low, e.high, e.n
     if name == "init_grad_orders":
         e = stats.mean([math.log10(float(r["init_grad_ratio"])) for r in runs])

@@ -127,6 +127,8 @@ claims:
      baseline: norm=none, rule: {holds_below: 0}}
   - {id: shift, claim: dropout shifts the variance, paper: "-", measure: variance_shift, variant: norm=batch,
      rule: {holds_below: 0.9}}
+  - {id: shifted, claim: BN's shift is the larger, paper: "-", measure: variance_shift_gain, variant: norm=batch,
+     baseline: norm=none, rule: {holds_below: 0}}
   - {id: grads, claim: gradients explode at init, paper: "-", measure: init_grad_orders, variant: norm=batch,
      rule: {holds_above: 1}}
   - {id: fixed, claim: none gets to 90% sooner than BN, paper: "-", measure: speedup, variant: norm=none,
@@ -147,7 +149,7 @@ def test_the_probes_measures_and_a_fixed_target(bnexp, tmp_path):
                            (1, "grad/hidden2/norm", 100.0), (1, "grad/hidden10/norm", 5.0),
                            (1, "grad/output/norm", 1.0), (50, "grad/hidden2/norm", 1.0)])
         path = make_run(runs, f"a{seed}", "none", seed, {0: 0.1, 3000: 0.90, 6000: 0.91})
-        add_scalars(path, [(6000, "train_set/accuracy", 0.95)])
+        add_scalars(path, [(6000, "train_set/accuracy", 0.95), (6000, "varshift/hidden1", 0.9 + seed / 20)])
     done = bnexp("report", str(runs), "--targets", "0.9", "--claims", write(tmp_path, PROBE_CLAIMS),
                  "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
@@ -158,6 +160,7 @@ def test_the_probes_measures_and_a_fixed_target(bnexp, tmp_path):
     assert "| BN overfits | - | 3.50 [3.00, 4.00] points |" in verdict  # (0.99 - 0.96, 1.0 - 0.96)
     assert "| BN narrows the gap | - | -0.50 [" in verdict  # 3.5 - 4.0 (0.95 - 0.91) points
     assert "| dropout shifts the variance | - | 0.750 [0.700, 0.800] |" in verdict
+    assert "| BN's shift is the larger | - | -0.175 [" in verdict  # 0.75 - 0.925
     assert "| gradients explode at init | - | 2.00 [2.00, 2.00] (log10) |" in verdict
     assert "| none gets to 90% sooner than BN | - | 0.33x [0.33, 0.33] |" in verdict  # 3000 steps vs 1000
 
