@@ -37,7 +37,7 @@ report() {  # $1: the baseline variant of the report's table (the claims name th
 case $study in
   init)
     train norm=none,batch model.init_std=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1.0,3.0,10.0 "${@:2}"
-    report "model.init_std=0.1,norm=none"  # the grid's nearest to He's sqrt(2/100) ;;
+    report "model.init_std=0.1,norm=none" ;;  # the grid's nearest to He's sqrt(2/100)
   lr)
     train norm=none,batch optim.lr=0.001,0.003,0.01,0.03,0.1,0.3,1.0,3.0,10.0,30.0,100.0 "${@:2}"
     report "norm=none,optim.lr=0.1" ;;

@@ -99,3 +99,14 @@ def test_the_configs_compose_without_importing_bnexp_first():
               "print(cfg.norm.name, 'trainer.threads' in cfg.hydra.job.config.override_dirname.exclude_keys)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["none", "True"], done.stderr
+
+
+SCRIPTS = sorted((PACKAGE.parent / "scripts").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_the_shell_scripts_parse(script):
+    """bash reads a script as it runs: a syntax error deep in a case (a `;;` lost in a comment) would
+    only show after the hours of sweeps before it."""
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
