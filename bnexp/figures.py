@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib): accuracy over steps, and Figure 1's probe panels.
+"""The report's figures (matplotlib): accuracy over steps, Figure 1's probe panels, and a variant's
+best accuracy against one option (versus.png).
 
 Drawn from what bnexp/report.py computed: each variant's runs and its accuracy statistics per step.
 """
@@ -9,6 +10,7 @@ import math
 from pathlib import Path
 
 from bnexp.runs import Run
+from bnexp.stats import Estimate
 
 Stats = list[tuple[int, int, float, float, float, float]]  # (step, runs, mean, std, min, max)
 
@@ -187,3 +189,57 @@ def plot_step_probes(stats: dict[str, dict[str, Stats]], variant_order: list[str
         plt.close(fig)
         written.append(out / "landscape.png")
     return written
+
+
+# (value of the --versus option, best accuracy over seeds, log10 of the init gradient ratio where
+# probed, share of the runs diverged): one variant of a line in plot_versus.
+VersusPoint = tuple[float, Estimate, Estimate | None, float]
+
+
+def plot_versus(lines: dict[str, list[VersusPoint]], key: str, out: Path) -> list[Path]:
+    """versus.png: each variant's best test accuracy (mean over its seeds, 95% bootstrap interval)
+    against one option's value, one line per setting of the other options, as CS231n's weight-scale
+    plot; where runs took the gradient probe, a second panel: log10 of the first layer's gradient
+    norm over the last one's at the initial weights. A hollow marker: most of its runs diverged
+    (their best accuracy is the one before diverging)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    color = colors(list(lines))
+    probed = any(p[2] is not None for points in lines.values() for p in points)
+    fig, axes = plt.subplots(1, 1 + probed, figsize=(6.5 * (1 + probed), 4.5), squeeze=False)
+    xs = [p[0] for points in lines.values() for p in points]
+    log_x = min(xs) > 0 and max(xs) >= 20 * min(xs)
+
+    def panel(ax, estimate_of, scale: float, ylabel: str) -> None:
+        for name, points in lines.items():
+            drawn = [(x, e, diverged) for x, *estimates, diverged in points if (e := estimate_of(estimates))]
+            if not drawn:
+                continue
+            x = [d[0] for d in drawn]
+            y = [scale * d[1].value for d in drawn]
+            err = [[scale * (d[1].value - d[1].low) for d in drawn], [scale * (d[1].high - d[1].value) for d in drawn]]
+            seeds = max(d[1].n for d in drawn)
+            ax.errorbar(x, y, yerr=err, color=color[name], capsize=3, label=f"{name} ({seeds} seeds)")
+            ax.scatter(x, y, color=color[name], zorder=3,
+                       facecolors=["none" if d[2] > 0.5 else color[name] for d in drawn])
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+
+    panel(axes[0][0], lambda e: e[0], 100, "best test accuracy (%)")
+    axes[0][0].set_title("best test accuracy: mean over seeds, 95% interval\n(hollow: most runs diverged)",
+                         fontsize=10)
+    axes[0][0].legend(fontsize=7)
+    if probed:
+        panel(axes[0][1], lambda e: e[1], 1, "log10(||dL/dW|| first layer / last layer)")
+        axes[0][1].axhline(0, color="gray", linewidth=0.8)
+        axes[0][1].set_title("gradient norms at the initial weights, first layer over last", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "versus.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return [out / "versus.png"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import re
 import statistics
@@ -25,7 +26,7 @@ from bnexp.claims import load as load_claims
 from bnexp.claims import read_runs_csv, verdict_markdown, write_verdicts
 from bnexp.config import EXECUTION_SETTINGS, accuracy_targets
 from bnexp.errors import UserError
-from bnexp.figures import plot_figures, plot_step_probes
+from bnexp.figures import VersusPoint, plot_figures, plot_step_probes, plot_versus
 from bnexp.runs import Run, find_run_dirs, load_run
 from bnexp.summary import ENDED, Status, first_step_reaching
 
@@ -308,6 +309,33 @@ def probe_columns(run: Run) -> dict[str, float | None]:
             "init_grad_ratio": ratio}
 
 
+def versus_points(variants: dict[str, list[Run]], key: str) -> dict[str, list[VersusPoint]]:
+    """versus.png's data: the variants as lines over one numeric option (`--versus model.init_std`),
+    a line per setting of the other options, named by the variant's name without `key=...`. Each
+    point: the best test accuracy per run (mean over seeds), log10 of init_grad_ratio where runs
+    took the gradient probe, and the share of runs diverged."""
+    if not any(key in r.config for runs in variants.values() for r in runs):
+        raise UserError(f"--versus {key}: no run has that option (name it as the runs' configs do: model.init_std)")
+    lines: dict[str, list[VersusPoint]] = defaultdict(list)
+    for name, runs in variants.items():
+        values = {str(r.config.get(key)) for r in runs}
+        if len(values) != 1 or isinstance(runs[0].config.get(key), bool) or not _is_number(next(iter(values))):
+            raise UserError(f"--versus {key}: variant {name} has {key}={', '.join(sorted(values))}; "
+                            "it takes an option every run sets to one number")
+        [value] = values
+        part = f"{key}={value}"
+        line = ",".join(p for p in name.split(",") if p != part) or "all runs"
+        best = stats.mean([max(a for _, a in r.accuracy) for r in runs if r.accuracy])
+        ratios = [math.log10(g) for r in runs
+                  if (g := probe_columns(r)["init_grad_ratio"]) is not None and math.isfinite(g) and g > 0]
+        diverged = sum(r.status == Status.DIVERGED for r in runs) / len(runs)
+        if best is not None:
+            lines[line].append((float(value), best, stats.mean(ratios), diverged))
+    if len({p[0] for points in lines.values() for p in points}) < 2:
+        raise UserError(f"--versus {key}: the runs take fewer than two values of it")
+    return {line: sorted(points, key=lambda p: p[0]) for line, points in lines.items()}
+
+
 def common_parent(paths: list[Path]) -> Path:
     """The folder all run dirs lie in: runs.csv names each run by its path below it."""
     return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
@@ -427,7 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write report.md, report.csv, runs.csv, curves.csv, figures, "
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
+    parser.add_argument("--versus", metavar="KEY", help="with --out: versus.png, each variant's best accuracy "
+                        "(mean over seeds, 95%% interval) against this numeric option (e.g. model.init_std), one "
+                        "line per setting of the others, and the init gradient ratio where runs probed it")
     args = parser.parse_args(argv)
+    if args.versus and not args.out:
+        parser.error("--versus draws versus.png: add --out DIR")
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
         print(f"bnexp report: error: no such path: {', '.join(missing)}", file=sys.stderr)
@@ -445,6 +478,8 @@ def report(args: argparse.Namespace) -> int:
     if len(args.paths) == 1 and args.paths[0].is_file() and args.paths[0].suffix == ".csv":
         if claims is None:
             raise UserError("a runs.csv alone gives the verdicts: add --claims NAME")
+        if args.versus:
+            raise UserError("--versus draws from run directories, not from a runs.csv")
         found = evaluate_claims(claims[1], read_runs_csv(args.paths[0].read_text()))
         print(verdict_markdown(claims[0], found, str(args.paths[0])))
         for path in write_verdicts(claims[0], found, args.out, str(args.paths[0])) if args.out else []:
@@ -486,6 +521,7 @@ def report(args: argparse.Namespace) -> int:
     per_run = runs_csv(variants, rows, fixed_targets)
     # The verdicts come from runs.csv's text, the file a reader recomputes them from.
     found = evaluate_claims(claims[1], read_runs_csv(per_run)) if claims else None
+    versus = versus_points(variants, args.versus) if args.versus else None
     print(text)
     if found is not None:
         print(verdict_markdown(claims[0], found, "runs.csv"))
@@ -505,6 +541,8 @@ def report(args: argparse.Namespace) -> int:
         if probes := step_probe_stats(variants):
             write_step_probes_csv(probes, args.out / "probes.csv")
             written += [args.out / "probes.csv", *plot_step_probes(probes, list(variants), args.out)]
+        if versus is not None:
+            written += plot_versus(versus, args.versus, args.out)
         if found is not None:
             written += write_verdicts(claims[0], found, args.out, "runs.csv")
         for path in written:

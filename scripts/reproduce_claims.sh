@@ -30,21 +30,22 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/bn_${study}_$data
 out=results/bn_$study/$data
 common=(data="$data" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}' hydra.sweep.dir="$sweeps")
 train() { "$bnexp" train -m experiment="claim_$study" "${common[@]}" "$@"; }
-report() {  # $1: the baseline variant of the report's table (the claims name their own)
-  "$bnexp" report "$sweeps" --baseline "$1" --targets "$targets" --claims "results/bn_$study/claims.yaml" --out "$out"
+report() {  # $1: the baseline variant of the report's table (the claims name their own); $2: versus.png's option
+  "$bnexp" report "$sweeps" --baseline "$1" --targets "$targets" --claims "results/bn_$study/claims.yaml" \
+    --out "$out" ${2:+--versus "$2"}
 }
 
 case $study in
   init)
     train norm=none,batch model.init_std=0.0001,0.0003,0.001,0.003,0.01,0.03,0.1,0.3,1.0,3.0,10.0 "${@:2}"
-    report "model.init_std=0.1,norm=none" ;;  # the grid's nearest to He's sqrt(2/100)
+    report "model.init_std=0.1,norm=none" model.init_std ;;  # the grid's nearest to He's sqrt(2/100)
   lr)
     train norm=none,batch optim.lr=0.001,0.003,0.01,0.03,0.1,0.3,1.0,3.0,10.0,30.0,100.0 "${@:2}"
-    report "norm=none,optim.lr=0.1" ;;
+    report "norm=none,optim.lr=0.1" optim.lr ;;
   dropout)  # seeds one by one (dropout's masks); dropout 0 once, since where it would go does not matter then
     train norm=none,batch model.dropout=0.0 trainer.seed=0,1,2,3,4 "${@:2}"
     train norm=none,batch model.dropout=0.2,0.5 model.dropout_at=every,last trainer.seed=0,1,2,3,4 "${@:2}"
-    report "model.dropout=0.0,model.dropout_at=every,norm=none" ;;
+    report "model.dropout=0.0,model.dropout_at=every,norm=none" model.dropout ;;
   placement)
     train model.activation=sigmoid,relu norm=batch norm.position=pre,post "${@:2}"
     train model.activation=sigmoid,relu norm=none "${@:2}"
@@ -52,7 +53,7 @@ case $study in
   depth)
     train model.depth=4,8,16,32,50,100 norm=none,batch model.residual=false,true "${@:2}"
     train model.depth=4,8,16,32,50,100 norm=none model.residual=true model.skipinit=true "${@:2}"
-    report "model.depth=4,model.residual=False,model.skipinit=False,norm=none" ;;
+    report "model.depth=4,model.residual=False,model.skipinit=False,norm=none" model.depth ;;
   cost)
     mkdir -p results/bn_cost
     "$python" scripts/bench_bn_cost.py --threads 1 --repeats 7 | tee results/bn_cost/bench.txt ;;

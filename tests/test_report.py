@@ -155,3 +155,53 @@ def test_seeds_run_with_different_execution_settings_form_one_variant(bnexp, run
     done = bnexp("report", str(runs_root))
     assert done.returncode == 0, done.stderr
     assert "2 runs in 1 variants" in done.stdout and "| mlp (baseline) | 2 |" in done.stdout
+
+
+def versus_runs(root):
+    """Two norms over three weight scales, two seeds each; BN's first seed diverges at std 1."""
+    for norm in ("none", "batch"):
+        for std, acc in ((0.01, 0.5), (0.1, 0.9), (1.0, 0.7)):
+            for seed in (0, 1):
+                diverged = norm == "batch" and std == 1.0 and seed == 0
+                make_run(root, f"{norm}_{std}_{seed}", norm, seed, {0: 0.1, 100: acc + 0.02 * seed},
+                         status="diverged" if diverged else "completed", extra={"model": {"init_std": std}})
+    return root
+
+
+def test_versus_points_are_one_line_per_other_setting(tmp_path):
+    variants = report.group_variants([load_run(p) for p in find_run_dirs([versus_runs(tmp_path)])])
+    lines = report.versus_points(variants, "model.init_std")
+    assert set(lines) == {"norm=batch", "norm=none"}
+    batch = lines["norm=batch"]
+    assert [p[0] for p in batch] == [0.01, 0.1, 1.0]
+    assert [p[1].value for p in batch] == pytest.approx([0.51, 0.91, 0.71])  # mean best over the 2 seeds
+    assert [p[1].n for p in batch] == [2, 2, 2]
+    assert [p[2] for p in batch] == [None, None, None]  # no gradient probe in these runs
+    assert [p[3] for p in batch] == [0, 0, 0.5] and [p[3] for p in lines["norm=none"]] == [0, 0, 0]
+
+
+def test_versus_takes_the_init_gradient_ratio_where_runs_probed_it(tmp_path):
+    path = make_run(tmp_path, "a", "batch", 0, {0: 0.1, 100: 0.9}, extra={"model": {"init_std": 0.1}})
+    make_run(tmp_path, "b", "batch", 0, {0: 0.1, 100: 0.8}, extra={"model": {"init_std": 1.0}})
+    with open(path / "metrics.csv", "a") as f:  # hidden1 sorts before hidden2 and output
+        f.write("1,grad/hidden2/norm,5.0\n1,grad/hidden1/norm,1000.0\n1,grad/output/norm,10.0\n")
+    variants = report.group_variants([load_run(p) for p in find_run_dirs([tmp_path])])
+    [line] = report.versus_points(variants, "model.init_std").values()
+    assert line[0][2].value == pytest.approx(2.0)  # log10(1000 / 10)
+    assert line[1][2] is None
+
+
+def test_cli_versus_draws_and_refuses_what_it_cannot_draw(bnexp, tmp_path):
+    runs = versus_runs(tmp_path / "runs")
+    done = bnexp("report", str(runs), "--versus", "model.init_std", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "versus.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "bad"
+    for key, says in (("model.nope", "no run has that option"),
+                      ("norm.name", "it takes an option every run sets to one number")):
+        done = bnexp("report", str(runs), "--versus", key, "--out", str(out))
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and says in done.stderr, done.stderr
+        assert not out.exists()  # refused before anything is written
+    done = bnexp("report", str(runs), "--versus", "model.init_std")
+    assert done.returncode == 2 and "add --out DIR" in done.stderr
