@@ -10,6 +10,7 @@
 #   bash scripts/reproduce_claims.sh depth      # 4 .. 100 layers: plain, residual, SkipInit (30)
 #   bash scripts/reproduce_claims.sh cost       # training steps/s, inference images/s: no norm, BN, BN folded
 #   bash scripts/reproduce_claims.sh all        # the five training studies, one after another
+#   bash scripts/reproduce_claims.sh table      # the README's table of their verdicts, both datasets
 #
 # Each study is a sweep in $BNEXP_RUNS/bn_<study>_<data> (run it again to continue it: finished
 # runs are skipped), then `bnexp report` writes results/bn_<study>/<data>: report, runs.csv and
@@ -59,5 +60,10 @@ case $study in
     "$python" scripts/bench_bn_cost.py --threads 1 --repeats 7 | tee results/bn_cost/bench.txt ;;
   all)
     for s in init lr dropout placement depth; do bash scripts/reproduce_claims.sh "$s" "${@:2}"; done ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 init | lr | dropout | placement | depth | cost | all" >&2; exit 2 ;;
+  table)  # the README's table: every study's verdicts on both datasets, one header
+    for s in init lr dropout placement depth; do
+      "$python" scripts/verdict_table.py --link "results/bn_$s" MNIST="results/bn_$s/mnist/verdict.csv" \
+        Fashion-MNIST="results/bn_$s/fashion_mnist/verdict.csv"
+    done | awk 'NR <= 2 || !/^[|] (claim [|]|---)/' ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 init | lr | dropout | placement | depth | cost | all | table" >&2; exit 2 ;;
 esac
