@@ -81,7 +81,8 @@ case "${1:-}" in
     else pilot=(schedule.decay_steps=160 trainer.max_steps=24000); lengths=8000,12000,16000,18000,20000,24000; fi
     "$bnexp" train -m experiment=inception "${scale[@]}" "${pilot[@]}" trainer.eval_first=20 trainer.eval_ratio=1.1 \
       trainer.seed="$seeds" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
-    "$python" scripts/plateau.py "$sweeps/pilot" --lengths "$lengths" --out "$out/pilot.md" ;;
+    "$python" scripts/plateau.py "$sweeps/pilot" --lengths "$lengths" --out "$out/pilot.md"
+    "$bnexp" report "$sweeps/pilot" --targets "$targets" --out "$out/pilot" ;;  # its runs.csv, curves, figures
   speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside fast's seeds
     "$bnexp" train -m experiment=bn_x5 "${scale[@]}" trainer.max_steps=$fast_steps trainer.seed=0 \
       trainer.channels_last=false hydra.sweep.dir="$sweeps/speed" "${@:2}"
