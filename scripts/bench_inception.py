@@ -1,8 +1,12 @@
 """Training and evaluation speed of the Inception-style network under each of bnexp's speed
-settings: bf16 autocast, channels_last, torch.compile, alone and together.
+settings: bf16 autocast, channels_last, torch.compile, alone and together, and 3 seeds trained
+as replicas in one process.
 
 Training: images/s of bnexp's trainer (its logged perf/steps_per_s, evaluation left out) and of
-a bare PyTorch loop with the same settings, their ratio, and the speed-up over the plain bare loop.
+a bare PyTorch loop with the same settings, their ratio, and the speed-up over the plain bare loop
+(with replicas, bnexp's images/s are all replicas' together, the bare loop's one network's). With
+--lanes N, also N such runs trained at once in N processes, as a study's lanes share the machine:
+each lane's training images/s and their total.
 Evaluation: images/s of bnexp's own evaluation (the whole test set in inference mode, with the
 probe, in batches of trainer.eval_batch_size), with BN folded into the convolutions (the default,
 trainer.eval_fold_bn) and without. Evaluation runs the uncompiled module (where the probe's hooks
@@ -17,19 +21,21 @@ The scaled model of results/inception_mnist (BN-x5 recipe, width 1/8, MNIST) by 
     python scripts/bench_inception.py                       # every setting (compile takes minutes on a CPU)
     python scripts/bench_inception.py --settings plain amp+channels_last
     python scripts/bench_inception.py --threads 1 --settings plain channels_last   # one lane of a study
+    python scripts/bench_inception.py --threads 1 --lanes 2 --settings channels_last  # ... and two at once
     python scripts/bench_inception.py --steps 300 -- experiment=bn_x5 data=cifar10 model.width=1
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_trainer import compare
+from bench_trainer import bnexp_trainer, compare
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnexp import data as datasets
@@ -46,6 +52,7 @@ SETTINGS = {
     "amp+channels_last": ["trainer.amp=true", "trainer.channels_last=true"],
     "compile": ["trainer.compile=true"],
     "amp+channels_last+compile": ["trainer.amp=true", "trainer.channels_last=true", "trainer.compile=true"],
+    "replicas3": ["trainer.replicas=3"],  # vmap over 3 seeds' networks (channels_last is refused with it)
 }
 SCALED = ["experiment=bn_x5", "scale=inception_mnist_cpu", "trainer.log_every=25"]
 
@@ -79,6 +86,26 @@ def flops(overrides: list[str]) -> tuple[float, float]:
     return train.get_total_flops(), inference.get_total_flops()
 
 
+def lanes_images_per_s(overrides: list[str], steps: int, lanes: int) -> list[float]:
+    """Training images/s of each of `lanes` runs of the same config trained at once, each in its own
+    process (started together), as the lanes of a study share the machine."""
+    context = multiprocessing.get_context("spawn")
+    start, rates = context.Barrier(lanes), context.Queue()
+    workers = [context.Process(target=_lane, args=(overrides, steps, start, rates)) for _ in range(lanes)]
+    for worker in workers:
+        worker.start()
+    images = [rates.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sorted(images)
+
+
+def _lane(overrides: list[str], steps: int, start, rates) -> None:
+    cfg = compose([f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+    start.wait()
+    rates.put(bnexp_trainer(cfg, steps, training_only=True) * cfg.trainer.batch_size * cfg.trainer.replicas)
+
+
 def evaluation_images_per_s(overrides: list[str], repeats: int) -> float:
     """bnexp's evaluation of the whole test set (a run's RunRecord.evaluate: layout, autocast, the
     percentile probe), best of `repeats` after a warm-up."""
@@ -110,6 +137,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead: the operators' self time over 10 training steps and one evaluation")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); a study's lane uses 1")
+    parser.add_argument("--lanes", type=int, default=1, help="also time this many runs trained at once")
     parser.add_argument("overrides", nargs="*", default=SCALED)
     args = parser.parse_args()
     if args.threads:
@@ -121,20 +149,28 @@ def main() -> None:
     step_flops, image_flops = flops(args.overrides)
     print(f"yardstick: 1024x1024 fp32 matmul {matmul / 1e9:.1f} GFLOP/s; one training step "
           f"{step_flops / 1e9:.2f} GFLOP, one image's inference {image_flops / 1e6:.1f} MFLOP", flush=True)
-    plain_bare = None
+    plain_bare = None  # images/s of the first setting's bare loop
     for name in args.settings:
         overrides = [*args.overrides, "trainer.eval_every=100000", *SETTINGS[name]]
         cfg, results = compare(overrides, args.steps, args.repeats, training_only=True)
-        bare, ours = max(results["bare loop"]), max(results["bnexp"])  # best of N: least disturbed
+        batch = cfg.trainer.batch_size
+        # images/s, best of N (the least disturbed); with replicas each of bnexp's steps trains R batches
+        bare, ours = max(results["bare loop"]) * batch, max(results["bnexp"]) * batch * cfg.trainer.replicas
         plain_bare = plain_bare or bare
-        images = cfg.trainer.batch_size
+        flops_per_image = step_flops / batch
         evaluation = {fold: evaluation_images_per_s([*overrides, f"trainer.eval_fold_bn={fold}"], args.repeats)
                       for fold in ("true", "false")}
         folded, unfolded = evaluation["true"], evaluation["false"]
-        print(f"{name:26s} train: bare {bare * images:7.1f} img/s  bnexp {ours * images:7.1f} img/s "
-              f"({ours * step_flops / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  "
+        print(f"{name:26s} train: bare {bare:7.1f} img/s  bnexp {ours:7.1f} img/s "
+              f"({ours * flops_per_image / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  "
               f"x{ours / plain_bare:.2f} over plain | evaluation: BN folded {folded:7.1f} img/s "
               f"({folded * image_flops / matmul:.0%} of matmul), unfolded {unfolded:7.1f} img/s", flush=True)
+        if args.lanes > 1:
+            lanes = lanes_images_per_s(overrides, args.steps, args.lanes)
+            share = sum(lanes) * flops_per_image / (args.lanes * matmul)
+            print(f"{'':26s} {args.lanes} lanes at once: each {lanes[0]:7.1f} .. {lanes[-1]:7.1f} img/s, together "
+                  f"{sum(lanes):7.1f} img/s ({share:.0%} of {args.lanes}x the matmul rate), "
+                  f"x{sum(lanes) / ours:.2f} over one lane alone", flush=True)
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu: " + cpu_name()
     print(f"model={cfg.model.name} width={cfg.model.width} norm={cfg.norm.name} data={cfg.data.name} "
           f"batch={cfg.trainer.batch_size} eval_batch={cfg.trainer.eval_batch_size} steps={args.steps} "

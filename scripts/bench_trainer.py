@@ -60,12 +60,13 @@ def bare_loop(cfg, steps: int) -> float:
 
 def bnexp_trainer(cfg, steps: int, training_only: bool = False) -> float:
     """Steps/s of a whole bnexp run (evaluations included), or of its training steps alone, from
-    the perf/steps_per_s it logs for every log window (which excludes evaluation)."""
+    the perf/steps_per_s it logs for every log window (which excludes evaluation). With
+    trainer.replicas, the replicated step's (each of its steps trains every replica)."""
     with tempfile.TemporaryDirectory() as tmp:
-        [summary] = run(cfg, Path(tmp)).values()
+        run_dir, summary = next(iter(run(cfg, Path(tmp)).items()))
         if not training_only:
             return summary["steps_per_s"]
-        rows = [line.split(",") for line in (Path(tmp) / "metrics.csv").read_text().splitlines()[1:]]
+        rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
         rates = sorted((int(step), float(value)) for step, tag, value in rows if tag == "perf/steps_per_s")
         ends = [step for step, _ in rates]
         windows = [end - start for start, end in zip([0, *ends[:-1]], ends, strict=True)]
