@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
+import queue
 import time
 from pathlib import Path
 
@@ -94,7 +95,15 @@ def lanes_images_per_s(overrides: list[str], steps: int, lanes: int) -> list[flo
     workers = [context.Process(target=_lane, args=(overrides, steps, start, rates)) for _ in range(lanes)]
     for worker in workers:
         worker.start()
-    images = [rates.get() for _ in workers]
+    images = []
+    while len(images) < lanes:
+        try:
+            images.append(rates.get(timeout=5))
+        except queue.Empty:
+            if failed := [w.exitcode for w in workers if w.exitcode not in (None, 0)]:
+                for worker in workers:
+                    worker.terminate()  # the others wait at the barrier or train on: stop them
+                raise SystemExit(f"bench_inception: a lane failed (exit code {failed[0]}), its error above") from None
     for worker in workers:
         worker.join()
     return sorted(images)
