@@ -58,15 +58,28 @@ def wait_for_runs(base, proc, count, timeout=90):
     raise AssertionError(f"tensorboard did not serve {count} runs within {timeout} s")
 
 
+def wait_for_tags(base, proc, runs, wanted, timeout=60):
+    """{run: its scalar tags} once each of `runs` serves every tag in `wanted`, or at the timeout:
+    TensorBoard lists a run while it is still reading the run's event files."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        tags = fetch(f"{base}/data/plugin/scalars/tags")
+        if all(wanted <= set(tags.get(run, ())) for run in runs) or time.time() > deadline:
+            return tags
+        time.sleep(0.5)
+
+
 def test_live_tensorboard_serves_runs_tags_layout_and_hparams(bnexp, runs_root, tensorboard):
     assert bnexp("train", "-m", "norm=none,batch", *FAST).returncode == 0
     base, proc = tensorboard
     names = {str(d.relative_to(runs_root)) for d in run_dirs(runs_root)}
     assert set(wait_for_runs(base, proc, 2)) == names  # one TensorBoard run per bnexp run, no sub-runs
 
-    tags = fetch(f"{base}/data/plugin/scalars/tags")
+    wanted = {"test/error", "train/loss", "probe/hidden3/p50", "opt/lr"}
+    tags = wait_for_tags(base, proc, names, wanted)
     for run in names:
-        assert {"test/error", "train/loss", "probe/hidden3/p50", "opt/lr"} <= set(tags[run])
+        assert wanted <= set(tags[run])
 
     layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
@@ -92,6 +105,8 @@ def test_live_tensorboard_shows_each_variants_seeds_as_mean_and_band(bnexp, runs
     base, proc = tensorboard
     runs = wait_for_runs(base, proc, 6)  # 4 runs, 2 aggregates
     assert {"report/tensorboard/norm=none", "report/tensorboard/norm=batch"} <= set(runs)
+    aggregates = {f"seeds/test/accuracy/{stat}" for stat in ("mean", "min", "max")}
+    wait_for_tags(base, proc, ["report/tensorboard/norm=batch"], aggregates)
 
     layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
@@ -115,10 +130,7 @@ def test_live_tensorboard_serves_the_ics_and_landscape_probes(bnexp, runs_root, 
     base, proc = tensorboard
     [name] = wait_for_runs(base, proc, 1)
     wanted = {"ics/hidden2/l2", "ics/output/cos", "shift/hidden1/mean", "landscape/beta_smoothness"}
-    deadline = time.time() + 60
-    while not wanted <= set(tags := fetch(f"{base}/data/plugin/scalars/tags")[name]) and time.time() < deadline:
-        time.sleep(0.5)  # TensorBoard serves a run while it is still reading the run's event file
-    assert wanted <= set(tags)
+    assert wanted <= set(wait_for_tags(base, proc, [name], wanted)[name])
     served = fetch(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(name)}&tag=ics/hidden2/l2")
     assert [step for _, step, _ in served] == [50, 100]
 
