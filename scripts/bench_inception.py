@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_trainer import bnexp_trainer, compare
+from bench_trainer import bench_config, bnexp_trainer, compare
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnexp import data as datasets
@@ -110,7 +110,7 @@ def lanes_images_per_s(overrides: list[str], steps: int, lanes: int) -> list[flo
 
 
 def _lane(overrides: list[str], steps: int, start, rates) -> None:
-    cfg = compose([f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+    cfg = bench_config(overrides, steps)
     start.wait()
     rates.put(bnexp_trainer(cfg, steps, training_only=True) * cfg.trainer.batch_size * cfg.trainer.replicas)
 

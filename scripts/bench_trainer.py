@@ -73,9 +73,14 @@ def bnexp_trainer(cfg, steps: int, training_only: bool = False) -> float:
         return sum(windows) / sum(n / rate for n, (_, rate) in zip(windows, rates, strict=True))
 
 
+def bench_config(overrides: list[str], steps: int):
+    """The config a benchmark trains: `overrides` for `steps` steps, without a progress bar."""
+    return compose([f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+
+
 def compare(overrides: list[str], steps: int, repeats: int, training_only: bool = False):
     """steps/s of the bare loop and of bnexp, alternating, `repeats` times each."""
-    cfg = compose([f"trainer.max_steps={steps}", "trainer.progress=false", *overrides])
+    cfg = bench_config(overrides, steps)
     results = {"bare loop": [], "bnexp": []}
     for _ in range(repeats):
         results["bare loop"].append(bare_loop(cfg, steps))

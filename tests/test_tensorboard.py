@@ -44,30 +44,32 @@ def tensorboard(runs_root):
         proc.wait(timeout=20)
 
 
-def wait_for_runs(base, proc, count, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def poll(proc, url, ready, timeout):
+    """What TensorBoard serves at `url` once ready(it) holds, or its last answer at the timeout (None if
+    it never answered): it lists runs, and their tags, while it is still reading their event files."""
+    deadline, answer = time.time() + timeout, None
+    while True:
         assert proc.poll() is None, proc.stderr.read()
         try:
-            runs = fetch(f"{base}/data/runs")
-            if len(runs) >= count:
-                return runs
+            answer = fetch(url)
         except OSError:
             pass  # not listening yet
+        if (answer is not None and ready(answer)) or time.time() > deadline:
+            return answer
         time.sleep(0.5)
-    raise AssertionError(f"tensorboard did not serve {count} runs within {timeout} s")
+
+
+def wait_for_runs(base, proc, count, timeout=90):
+    runs = poll(proc, f"{base}/data/runs", lambda runs: len(runs) >= count, timeout)
+    if runs is None or len(runs) < count:
+        raise AssertionError(f"tensorboard did not serve {count} runs within {timeout} s")
+    return runs
 
 
 def wait_for_tags(base, proc, runs, wanted, timeout=60):
-    """{run: its scalar tags} once each of `runs` serves every tag in `wanted`, or at the timeout:
-    TensorBoard lists a run while it is still reading the run's event files."""
-    deadline = time.time() + timeout
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        tags = fetch(f"{base}/data/plugin/scalars/tags")
-        if all(wanted <= set(tags.get(run, ())) for run in runs) or time.time() > deadline:
-            return tags
-        time.sleep(0.5)
+    """{run: its scalar tags} once each of `runs` serves every tag in `wanted`, or at the timeout."""
+    return poll(proc, f"{base}/data/plugin/scalars/tags",
+                lambda tags: all(wanted <= set(tags.get(run, ())) for run in runs), timeout)
 
 
 def test_live_tensorboard_serves_runs_tags_layout_and_hparams(bnexp, runs_root, tensorboard):
