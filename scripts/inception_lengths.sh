@@ -2,7 +2,7 @@
 # lengths. Needs $bnexp and $data.
 
 # The Inception baseline's length N: trainer.max_steps of scale=inception_<data>_plateau (8,000 steps
-# on MNIST, 12,000 on Fashion-MNIST), read through Hydra from the one place it is set.
+# on MNIST, 24,000 on Fashion-MNIST), read through Hydra from the one place it is set.
 baseline_steps() {
   local n
   n=$("$bnexp" train experiment=inception scale="inception_${data}_plateau" --cfg job --resolve 2>/dev/null |

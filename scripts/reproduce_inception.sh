@@ -42,7 +42,7 @@ scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.sub
 . scripts/inception_lengths.sh
 steps=$(baseline_steps)
 # BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline (MNIST: 1,500 steps; Fashion-MNIST:
-# 2,000). Inception-x5 and Inception-sigmoid, compared with BN-x5 and BN-x5-Sigmoid, train as long.
+# 4,000). Inception-x5 and Inception-sigmoid, compared with BN-x5 and BN-x5-Sigmoid, train as long.
 fast_steps=$(decayed_steps "$steps" 6)
 fast() {
   "$bnexp" train -m experiment="${MODELS:-bn_x5,bn_x30,bn_x5_sigmoid}" "${scale[@]}" \
@@ -74,8 +74,8 @@ case "${1:-}" in
     "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
   pilot)  # the baseline's length and decay: 3 seeds of Inception, evaluated densely, and their plateau
     # table at six lengths (pilot.md). MNIST's decayed every 200 steps, to 12,000 steps. Fashion-MNIST's
-    # first baseline, decaying every 80 steps to 12,000 (the runs of results/inception_fmnist), still
-    # gained 0.24 points over its last quarter (plateau.md); its pilot decays 2x slower, to 24,000.
+    # first baseline, decaying every 80 steps to 12,000 (an earlier results/inception_fmnist), still
+    # gained 0.24 points over its last quarter; its pilot decays 2x slower, to 24,000.
     if [[ $data == mnist ]]; then pilot=(schedule.decay_steps=200 trainer.max_steps=12000)
       lengths=3000,4000,6000,8000,10000,12000
     else pilot=(schedule.decay_steps=160 trainer.max_steps=24000); lengths=8000,12000,16000,18000,20000,24000; fi
