@@ -23,7 +23,10 @@
 #   wait; bash scripts/reproduce_inception.sh report
 #
 # Each step is a sweep in its own directory under $BNEXP_RUNS/inception_<data>; run a step again to
-# continue it after an interruption (finished jobs are skipped, stopped ones resume). Arguments
+# continue it after an interruption (finished jobs are skipped, stopped ones resume). `report` keeps
+# the runs' records in results/inception_<data>/records; on another machine
+#   mkdir -p ~/bnexp-runs/inception_<data> && cp -r results/inception_<data>/records/. ~/bnexp-runs/inception_<data>
+# brings the finished runs back (to add seeds to a step, or for results/schedule's report). Arguments
 # after the step go to bnexp train, e.g. `main hydra/launcher=joblib hydra.launcher.n_jobs=2`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +65,15 @@ report() {
     --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
     --targets "$targets" --claims "$out/claims.yaml" --out "$out"
+  # The runs' records (config, summary, metrics: all the report reads, no checkpoints), committed
+  # with the study, laid out as the sweeps are: copied back into $sweeps on another machine, the
+  # steps skip them as finished, and the report (or results/schedule's) reads them as if made there.
+  rm -rf "$out/records"
+  for run in "$sweeps"/{main,main_fast,main_failures}/experiment=*; do
+    local record=$out/records/${run#"$sweeps"/}
+    mkdir -p "$record"
+    cp "$run"/{config.yaml,summary.json,metrics.csv} "$record"
+  done
 }
 
 case "${1:-}" in
