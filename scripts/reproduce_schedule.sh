@@ -10,7 +10,8 @@
 #   DATA=mnist bash scripts/reproduce_schedule.sh speed      # BN-x5 (6x) seed 0 again in plain fp32, beside its seeds
 #
 # The baseline is the Figure 3 study's own runs (one command makes them for both studies, in
-# $BNEXP_RUNS/inception_<data>/main). Each BN-x5 run lasts the baseline's length divided by its
+# $BNEXP_RUNS/inception_<data>/main; made on another machine, their committed records can be copied
+# back there: see reproduce_inception.sh). Each BN-x5 run lasts the baseline's length divided by its
 # decay speed-up (scripts/inception_lengths.sh): its learning rate is then spent to the baseline's
 # final fraction of its start.
 # Runs are named by their overrides (model, speed-up, seed), so SPEEDUPS and SEEDS split a step into
