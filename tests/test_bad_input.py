@@ -11,8 +11,9 @@ from conftest import FAST, summaries
 
 EXPERIMENTS = ["fig1_mnist", "inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_x5",
                "inception_sigmoid"]
-# Every option of configs/norm: a new norm is checked against every preset by being there.
+# Every option of configs/norm and configs/scale: a new one is checked against every preset by being there.
 NORMS = sorted(p.stem for p in (Path(__file__).parent.parent / "configs" / "norm").glob("*.yaml"))
+SCALES = sorted(p.stem for p in (Path(__file__).parent.parent / "configs" / "scale").glob("*.yaml"))
 
 
 def assert_refused(done, runs_root, message):
@@ -155,7 +156,7 @@ def test_corrupt_data_file_is_refused(bnexp, runs_root, tmp_path):
     assert_refused(done, runs_root, f"the MNIST files under {raw} are corrupt")
 
 
-@pytest.mark.parametrize("scale", ["inception_mnist_cpu", "inception_mnist_plateau"])
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e != "fig1_mnist"])
 def test_every_scale_preset_passes_validation(compose, experiment, scale):
     validate(compose(f"experiment={experiment}", f"scale={scale}"))
