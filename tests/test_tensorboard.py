@@ -72,6 +72,13 @@ def wait_for_tags(base, proc, runs, wanted, timeout=60):
                 lambda tags: all(wanted <= set(tags.get(run, ())) for run in runs), timeout)
 
 
+def wait_for_scalars(base, proc, run, tag, steps, timeout=60):
+    """[wall_time, step, value] of `tag` in `run` once TensorBoard serves all of `steps`, or at the
+    timeout: it serves a tag as soon as it has read its first event, the later ones after."""
+    url = f"{base}/data/plugin/scalars/scalars?" + urllib.parse.urlencode({"run": run, "tag": tag})
+    return poll(proc, url, lambda served: [step for _, step, _ in served] == list(steps), timeout)
+
+
 def test_live_tensorboard_serves_runs_tags_layout_and_hparams(bnexp, runs_root, tensorboard):
     assert bnexp("train", "-m", "norm=none,batch", *FAST).returncode == 0
     base, proc = tensorboard
@@ -119,9 +126,9 @@ def test_live_tensorboard_shows_each_variants_seeds_as_mean_and_band(bnexp, runs
     seeds = [load_run(p) for p in sorted((runs_root).glob("*/*/*norm=batch*/seed_*"))]
     assert len(seeds) == 2
     for stat, expected in (("mean", lambda v: sum(v) / 2), ("min", min), ("max", max)):
-        served = fetch(f"{base}/data/plugin/scalars/scalars?run=report/tensorboard/norm%3Dbatch"
-                       f"&tag=seeds/test/accuracy/{stat}")
-        assert [step for _, step, _ in served] == sorted(seeds[0].curves["test/accuracy"])
+        steps = sorted(seeds[0].curves["test/accuracy"])
+        served = wait_for_scalars(base, proc, "report/tensorboard/norm=batch", f"seeds/test/accuracy/{stat}", steps)
+        assert [step for _, step, _ in served] == steps
         for _, step, value in served:
             assert value == pytest.approx(expected([s.curves["test/accuracy"][step] for s in seeds]), abs=1e-6)
 
@@ -133,7 +140,7 @@ def test_live_tensorboard_serves_the_ics_and_landscape_probes(bnexp, runs_root, 
     [name] = wait_for_runs(base, proc, 1)
     wanted = {"ics/hidden2/l2", "ics/output/cos", "shift/hidden1/mean", "landscape/beta_smoothness"}
     assert wanted <= set(wait_for_tags(base, proc, [name], wanted)[name])
-    served = fetch(f"{base}/data/plugin/scalars/scalars?run={urllib.parse.quote(name)}&tag=ics/hidden2/l2")
+    served = wait_for_scalars(base, proc, name, "ics/hidden2/l2", [50, 100])
     assert [step for _, step, _ in served] == [50, 100]
 
     layout = fetch(f"{base}/data/plugin/custom_scalars/layout")
