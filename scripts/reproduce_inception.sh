@@ -43,6 +43,7 @@ seeds=${SEEDS:-0,1,2}
 scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
 
 . scripts/inception_lengths.sh
+. scripts/records.sh
 steps=$(baseline_steps)
 # BN-x5, BN-x30, BN-x5-Sigmoid decay 6x faster than the baseline (MNIST: 1,500 steps; Fashion-MNIST:
 # 4,000). Inception-x5 and Inception-sigmoid, compared with BN-x5 and BN-x5-Sigmoid, train as long.
@@ -65,15 +66,7 @@ report() {
     --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
     --targets "$targets" --claims "$out/claims.yaml" --out "$out"
-  # The runs' records (config, summary, metrics: all the report reads, no checkpoints), committed
-  # with the study, laid out as the sweeps are: copied back into $sweeps on another machine, the
-  # steps skip them as finished, and the report (or results/schedule's) reads them as if made there.
-  rm -rf "$out/records"
-  for run in "$sweeps"/{main,main_fast,main_failures}/experiment=*; do
-    local record=$out/records/${run#"$sweeps"/}
-    mkdir -p "$record"
-    cp "$run"/{config.yaml,summary.json,metrics.csv} "$record"
-  done
+  save_records "$sweeps" "$out" main main_fast main_failures  # committed with the study
 }
 
 case "${1:-}" in

@@ -11,9 +11,12 @@
 #
 # The baseline is the Figure 3 study's own runs (one command makes them for both studies, in
 # $BNEXP_RUNS/inception_<data>/main; made on another machine, their committed records can be copied
-# back there: see reproduce_inception.sh). Each BN-x5 run lasts the baseline's length divided by its
-# decay speed-up (scripts/inception_lengths.sh): its learning rate is then spent to the baseline's
-# final fraction of its start.
+# back there: see reproduce_inception.sh). `report` keeps BN-x5's records in
+# results/schedule/<data>/records, which come back the same way:
+#   mkdir -p ~/bnexp-runs/schedule_<data> && cp -r results/schedule/<data>/records/. ~/bnexp-runs/schedule_<data>
+# Each BN-x5 run lasts the baseline's length divided by its decay speed-up
+# (scripts/inception_lengths.sh): its learning rate is then spent to the baseline's final fraction
+# of its start.
 # Runs are named by their overrides (model, speed-up, seed), so SPEEDUPS and SEEDS split a step into
 # lanes that run at once, and a step run again skips what is finished and resumes what was stopped.
 # Arguments after the step go to bnexp train (e.g. trainer.threads=1).
@@ -34,6 +37,7 @@ speedups=${SPEEDUPS:-6 3 2 1}
 scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
 figure3=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data  # the Figure 3 study's runs: the baseline's
 . scripts/inception_lengths.sh
+. scripts/records.sh
 
 case "${1:-}" in
   baseline)
@@ -60,6 +64,7 @@ case "${1:-}" in
     for s in $speedups; do
       "$python" scripts/plateau.py "$sweeps/bn_x5" --name "bn_x5_decay${s}x" \
         --lengths "$(decayed_steps "$steps" "$s")" --out "$out/plateau_bn_x5_decay${s}x.md"
-    done ;;
+    done
+    save_records "$sweeps" "$out" bn_x5 ;;
   *) echo "usage: DATA=mnist|fashion_mnist $0 baseline | bn_x5 | report | speed" >&2; exit 2 ;;
 esac
