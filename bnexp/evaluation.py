@@ -16,7 +16,10 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     W' = W * gamma / sqrt(var + eps) and b' = beta + (b - mean) * gamma / sqrt(var + eps), the BN an
     Identity. The same function as `model.eval()` to float rounding (tested), one pass over each
     activation less. Folded: a layer and the nn.BatchNorm1d/2d right after it in an nn.Sequential
-    (the units of bnexp's models); any other norm, and a BN elsewhere, is kept as it is."""
+    (the units of bnexp's models); any other norm, and a BN elsewhere, is kept as it is.
+    Its ReLUs, but one that opens a Sequential, compute in place: no backward pass needs their
+    inputs, which the layer before has just made (1.05-1.2x faster evaluation of the Inception-style
+    net at the studies' width, results/bench_inception.md)."""
     folded = copy.deepcopy(model).eval()
     for parent in folded.modules():
         if not isinstance(parent, nn.Sequential):
@@ -28,6 +31,9 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
                 parent._modules[before], parent._modules[after] = fuse_conv_bn_eval(layer, norm), nn.Identity()
             elif isinstance(layer, nn.Linear) and type(norm) is nn.BatchNorm1d and norm.track_running_stats:
                 parent._modules[before], parent._modules[after] = fuse_linear_bn_eval(layer, norm), nn.Identity()
+        for module in list(parent)[1:]:
+            if isinstance(module, nn.ReLU):
+                module.inplace = True
     return folded
 
 

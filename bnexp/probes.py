@@ -45,7 +45,8 @@ class PercentileProbe:
 
     def _hook(self, name: str):
         def record(module, inputs):
-            self._values[name].append(inputs[0][:, self.unit].detach().flatten().float())
+            # A copy, not a view: in the inference network the ReLU then overwrites its input in place.
+            self._values[name].append(inputs[0][:, self.unit].detach().flatten().to(torch.float32, copy=True))
 
         return record
 

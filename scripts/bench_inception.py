@@ -23,6 +23,8 @@ The scaled model of results/inception_mnist (BN-x5 recipe, width 1/8, MNIST) by 
     python scripts/bench_inception.py --threads 1 --settings plain channels_last   # one lane of a study
     python scripts/bench_inception.py --threads 1 --lanes 2 --settings channels_last  # ... and two at once
     python scripts/bench_inception.py --steps 300 -- experiment=bn_x5 data=cifar10 model.width=1
+    python scripts/bench_inception.py --threads 1 --no-eval --settings channels_last -- \
+        experiment=bn_x5 scale=inception_mnist_cpu trainer.log_every=25 model.width=0.5  # a wider network
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def main() -> None:
                         help="instead: the operators' self time over 10 training steps and one evaluation")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's); a study's lane uses 1")
     parser.add_argument("--lanes", type=int, default=1, help="also time this many runs trained at once")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="time training only (evaluation of a wide network takes minutes per repeat)")
     parser.add_argument("overrides", nargs="*", default=SCALED)
     args = parser.parse_args()
     if args.threads:
@@ -167,13 +171,15 @@ def main() -> None:
         bare, ours = max(results["bare loop"]) * batch, max(results["bnexp"]) * batch * cfg.trainer.replicas
         plain_bare = plain_bare or bare
         flops_per_image = step_flops / batch
-        evaluation = {fold: evaluation_images_per_s([*overrides, f"trainer.eval_fold_bn={fold}"], args.repeats)
-                      for fold in ("true", "false")}
-        folded, unfolded = evaluation["true"], evaluation["false"]
-        print(f"{name:26s} train: bare {bare:7.1f} img/s  bnexp {ours:7.1f} img/s "
-              f"({ours * flops_per_image / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  "
-              f"x{ours / plain_bare:.2f} over plain | evaluation: BN folded {folded:7.1f} img/s "
-              f"({folded * image_flops / matmul:.0%} of matmul), unfolded {unfolded:7.1f} img/s", flush=True)
+        line = (f"{name:26s} train: bare {bare:7.1f} img/s  bnexp {ours:7.1f} img/s "
+                f"({ours * flops_per_image / matmul:.0%} of matmul)  ratio {ours / bare:.3f}  "
+                f"x{ours / plain_bare:.2f} over plain")
+        if not args.no_eval:
+            folded, unfolded = (evaluation_images_per_s([*overrides, f"trainer.eval_fold_bn={fold}"], args.repeats)
+                                for fold in ("true", "false"))
+            line += (f" | evaluation: BN folded {folded:7.1f} img/s ({folded * image_flops / matmul:.0%} of matmul), "
+                     f"unfolded {unfolded:7.1f} img/s")
+        print(line, flush=True)
         if args.lanes > 1:
             lanes = lanes_images_per_s(overrides, args.steps, args.lanes)
             share = sum(lanes) * flops_per_image / (args.lanes * matmul)

@@ -51,6 +51,7 @@ def test_folded_network_computes_the_eval_network(model_cfg, channels_last):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     n_bn = sum(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in model.modules())
     assert n_bn > 0 and not any(isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) for m in folded.modules())
+    assert all(m.inplace for m in folded.modules() if isinstance(m, nn.ReLU))  # the probe must copy its input
     x = 3 * torch.rand(20, 1, 28, 28) + 1
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
