@@ -19,6 +19,7 @@ evaluations see it; the percentile probe is left out (it is the same for all).
 from __future__ import annotations
 
 import argparse
+import pickle
 import time
 
 import torch
@@ -33,6 +34,7 @@ from bnexp.evaluation import fold_batch_norms, test_metrics
 
 
 def out_of_place(folded: nn.Module) -> nn.Module:
+    """The folded network as bnexp evaluated it before: its ReLUs out of place."""
     for module in folded.modules():
         if isinstance(module, nn.ReLU):
             module.inplace = False
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a run's checkpoint (.pt) whose model to evaluate")
     parser.add_argument("overrides", nargs="*", default=SCALED)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = compose([*args.overrides, "trainer.channels_last=true"])
@@ -54,7 +58,11 @@ def main() -> None:
     data = datasets.build(cfg.data, cfg.trainer, torch.device("cpu"))
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+        try:
+            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+        except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as e:
+            raise SystemExit(f"bench_evaluation: {args.checkpoint} is not a checkpoint of this config's model "
+                             f"({str(e).splitlines()[0]})") from None
     model.to(memory_format=torch.channels_last).eval()
 
     def prepare(x):
