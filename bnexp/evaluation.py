@@ -18,7 +18,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     activation less. Folded: a layer and the nn.BatchNorm1d/2d right after it in an nn.Sequential
     (the units of bnexp's models); any other norm, and a BN elsewhere, is kept as it is.
     Its ReLUs, but one that opens a Sequential, compute in place: no backward pass needs their
-    inputs, which the layer before has just made (1.05-1.2x faster evaluation of the Inception-style
+    inputs, which the layer before has just made (1.04-1.09x faster evaluation of the Inception-style
     net at the studies' width, results/bench_inception.md)."""
     folded = copy.deepcopy(model).eval()
     for parent in folded.modules():

@@ -23,8 +23,8 @@ The scaled model of results/inception_mnist (BN-x5 recipe, width 1/8, MNIST) by 
     python scripts/bench_inception.py --threads 1 --settings plain channels_last   # one lane of a study
     python scripts/bench_inception.py --threads 1 --lanes 2 --settings channels_last  # ... and two at once
     python scripts/bench_inception.py --steps 300 -- experiment=bn_x5 data=cifar10 model.width=1
-    python scripts/bench_inception.py --threads 1 --no-eval --settings channels_last -- \
-        experiment=bn_x5 scale=inception_mnist_cpu trainer.log_every=25 model.width=0.5  # a wider network
+    python scripts/bench_inception.py --threads 1 --no-eval --settings channels_last -- experiment=bn_x5 \
+        scale=inception_mnist_cpu trainer.log_every=10 data=synthetic data.n_test=250 model.width=0.5  # wider
 """
 
 from __future__ import annotations
