@@ -27,7 +27,8 @@
 # the runs' records in results/inception_<data>/records; on another machine
 #   mkdir -p ~/bnexp-runs/inception_<data> && cp -r results/inception_<data>/records/. ~/bnexp-runs/inception_<data>
 # brings the finished runs back (to add seeds to a step, or for results/schedule's report). Arguments
-# after the step go to bnexp train, e.g. `main hydra/launcher=joblib hydra.launcher.n_jobs=2`.
+# after the step go to bnexp train, e.g. `main hydra/launcher=joblib hydra.launcher.n_jobs=2`. OUT and
+# CLAIMS move the report and its claims file elsewhere (default: the study's folder, its claims.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
@@ -38,6 +39,8 @@ case $data in
   fashion_mnist) out=results/inception_fmnist; targets=0.85,0.88,0.9,0.91 ;;
   *) echo "reproduce_inception: DATA must be mnist or fashion_mnist, not '$data'" >&2; exit 2 ;;
 esac
+out=${OUT:-$out}                   # the study's results (a variant's: scripts/reproduce_inception_gpu.sh)
+claims=${CLAIMS:-$out/claims.yaml}  # the claims its report decides
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data
 seeds=${SEEDS:-0,1,2}
 scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
@@ -65,7 +68,7 @@ report() {
   "$python" scripts/plateau.py "$sweeps/main" --name inception --lengths $((2*q)),$((4*q)),$((5*q)),$((6*q)),$((7*q)),$steps \
     --out "$out/plateau.md"
   "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
-    --targets "$targets" --claims "$out/claims.yaml" --out "$out"
+    --targets "$targets" --claims "$claims" --out "$out"
   save_records "$sweeps" "$out" main main_fast main_failures  # committed with the study
 }
 

@@ -110,3 +110,23 @@ def test_the_shell_scripts_parse(script):
     only show after the hours of sweeps before it."""
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_save_records_keeps_every_run_a_report_reads(tmp_path):
+    """scripts/records.sh: a plain job's files and a replicated job's seeds (RUN/seed_<s>) are kept,
+    laid out as under the sweeps, Hydra's own config copies are not; a run without a summary stops it."""
+    sweeps, out = tmp_path / "sweeps", tmp_path / "out"
+    runs = [sweeps / "main" / "experiment=a,trainer.seed=0",
+            *(sweeps / "fast" / "experiment=b,trainer.seed=0" / f"seed_{s}" for s in (0, 1))]
+    for run in runs:
+        (run / ".hydra").mkdir(parents=True)
+        for name in ("config.yaml", "summary.json", "metrics.csv", ".hydra/config.yaml", "events.out.tfevents.1"):
+            (run / name).write_text(name)
+    save = f'. {PACKAGE.parent / "scripts" / "records.sh"}; set -euo pipefail; save_records {sweeps} {out} main fast'
+    done = subprocess.run(["bash", "-c", save], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    kept = sorted(str(p.relative_to(out / "records")) for p in (out / "records").rglob("*") if p.is_file())
+    assert kept == sorted(f"{run.relative_to(sweeps)}/{name}" for run in runs
+                          for name in ("config.yaml", "metrics.csv", "summary.json"))
+    (runs[1] / "summary.json").unlink()  # unfinished
+    assert subprocess.run(["bash", "-c", save], capture_output=True, text=True).returncode != 0
