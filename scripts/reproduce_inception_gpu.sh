@@ -37,6 +37,9 @@ lane() {
 
 run() {
   local width model seed failed=0
+  # Checked once here, not by each of the 15 lanes a width starts.
+  "$python" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" ||
+    { echo "reproduce_inception_gpu: no CUDA device is available to $python" >&2; exit 2; }
   for width in "$@"; do mkdir -p "$runs/width_$width"; done
   trap 'trap "" INT TERM; kill -TERM 0' INT TERM  # background jobs ignore Ctrl-C: pass it (and TERM) on
   for width in "$@"; do
@@ -70,7 +73,15 @@ report() {
   "$python" scripts/verdict_table.py "${columns[@]}" > "$out/verdicts.md"
 }
 
+usage="usage: $0 run | report [WIDTH ...] (a width is a multiple of the paper's filter counts, e.g. 0.125 0.5)"
 case "${1:-}" in
-  run|report) step=$1; shift; widths=("$@"); (( ${#widths[@]} )) || widths=(0.125 0.5); "$step" "${widths[@]}" ;;
-  *) echo "usage: $0 run | report [WIDTH ...]" >&2; exit 2 ;;
+  run|report) step=$1; shift ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
+widths=("$@")
+(( ${#widths[@]} )) || widths=(0.125 0.5)
+for width in "${widths[@]}"; do
+  [[ $width =~ ^(0*[1-9][0-9]*(\.[0-9]*)?|0*\.[0-9]*[1-9][0-9]*)$ ]] ||
+    { echo "reproduce_inception_gpu: '$width' is not a width > 0; $usage" >&2; exit 2; }
+done
+"$step" "${widths[@]}"

@@ -4,11 +4,13 @@ itself), the error type is a leaf, and commands that need no torch do not import
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import bnexp
 from bnexp.config import config_dir
@@ -130,3 +132,19 @@ def test_save_records_keeps_every_run_a_report_reads(tmp_path):
                           for name in ("config.yaml", "metrics.csv", "summary.json"))
     (runs[1] / "summary.json").unlink()  # unfinished
     assert subprocess.run(["bash", "-c", save], capture_output=True, text=True).returncode != 0
+
+
+@pytest.mark.parametrize("args, says", [(["run", "0.5x"], "'0.5x' is not a width > 0"),
+                                        (["report", "0"], "'0' is not a width > 0"),
+                                        (["train"], "usage:"),
+                                        (["run"], "no CUDA device")])
+def test_the_gpu_study_refuses_what_it_cannot_run(tmp_path, args, says):
+    """scripts/reproduce_inception_gpu.sh stops with one line before starting its lanes: a bad width, a
+    step it has not, or (here, without a GPU) no CUDA device; nothing is written."""
+    if args == ["run"] and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available: the study would start")
+    env = {**os.environ, "BNEXP_RUNS": str(tmp_path), "BNEXP": str(Path(sys.executable).parent / "bnexp")}
+    done = subprocess.run(["bash", str(PACKAGE.parent / "scripts" / "reproduce_inception_gpu.sh"), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
