@@ -56,7 +56,8 @@ run() {
     done
   done
   for job in $(jobs -p); do wait "$job" || failed=$((failed + 1)); done
-  wait  # after a signal, until every run has checkpointed
+  # After a signal a lane's shell ends at once, its bnexp a moment later: once every run has checkpointed.
+  while pgrep -f "hydra.sweep.dir=$runs/" > /dev/null; do sleep 1; done
   if (( failed )); then
     echo "reproduce_inception_gpu: $failed lanes did not finish; their logs: $runs/width_*/*.log" >&2
     return 1
