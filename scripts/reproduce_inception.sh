@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The paper's ImageNet comparison (sec. 4.2, Figure 3), scaled down to MNIST (DATA=mnist, the
 # default; results/inception_mnist) or Fashion-MNIST (DATA=fashion_mnist; results/inception_fmnist)
-# on a CPU: the five models and the two failures the paper names, 3 seeds each, with the
+# on a CPU: the five models and the two failures the paper names, 5 seeds each, with the
 # Inception-style network at width 1/8 and a pooled small stem, run until the baseline plateaus,
 # evaluated on a geometric schedule (configs/scale/inception_<data>_plateau.yaml).
 #
 #   bash scripts/reproduce_inception.sh lr_sweep  # 0) the baseline's base lr, at 1,000 steps (MNIST: 0.01)
 #   bash scripts/reproduce_inception.sh pilot     # 1) the baseline's length: 3 seeds, plateau table (pilot.md)
-#   bash scripts/reproduce_inception.sh main      # 2) the 21 runs, the plateau table and the report
+#   bash scripts/reproduce_inception.sh main      # 2) the 35 runs, the plateau table and the report
 #   bash scripts/reproduce_inception.sh speed     # 3) the speed setting against plain fp32, same seed
 #
 # `main` is `fast`, `failures`, `slow`, then `report`. Runs are named by their overrides alone
@@ -16,9 +16,8 @@
 # fast's seed 0):
 #   (bash scripts/reproduce_inception.sh fast trainer.threads=1
 #    bash scripts/reproduce_inception.sh failures trainer.threads=1
-#    SEEDS=1,2 MODELS=bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1) &
-#   (MODELS=inception bash scripts/reproduce_inception.sh slow trainer.threads=1
-#    SEEDS=0 MODELS=bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1
+#    SEEDS=3,4 MODELS=inception,bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1) &
+#   (SEEDS=0,1,2 MODELS=inception,bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1
 #    bash scripts/reproduce_inception.sh speed trainer.threads=1) &
 #   wait; bash scripts/reproduce_inception.sh report
 #
@@ -42,7 +41,7 @@ esac
 out=${OUT:-$out}                   # the study's results (a variant's: scripts/reproduce_inception_gpu.sh)
 claims=${CLAIMS:-$out/claims.yaml}  # the claims its report decides
 sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/inception_$data
-seeds=${SEEDS:-0,1,2}
+seeds=${SEEDS:-0,1,2,3,4}
 scale=(scale="inception_${data}_plateau" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}')
 
 . scripts/inception_lengths.sh
@@ -80,15 +79,15 @@ case "${1:-}" in
       optim.lr=0.005,0.01,0.02,0.05 hydra.sweep.dir="$sweeps/lr_sweep" "${@:2}"
     "$bnexp" report "$sweeps/lr_sweep" --targets "${targets%,*,*}" --out "$out/lr_sweep"
     "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
-  pilot)  # the baseline's length and decay: 3 seeds of Inception, evaluated densely, and their plateau
-    # table at six lengths (pilot.md). MNIST's decayed every 200 steps, to 12,000 steps. Fashion-MNIST's
+  pilot)  # the baseline's length and decay: Inception evaluated densely (3 seeds unless SEEDS is set), its
+    # plateau table at six lengths (pilot.md). MNIST's decayed every 200 steps, to 12,000 steps. Fashion-MNIST's
     # first baseline, decaying every 80 steps to 12,000 (an earlier results/inception_fmnist), still
     # gained 0.24 points over its last quarter; its pilot decays 2x slower, to 24,000.
     if [[ $data == mnist ]]; then pilot=(schedule.decay_steps=200 trainer.max_steps=12000)
       lengths=3000,4000,6000,8000,10000,12000
     else pilot=(schedule.decay_steps=160 trainer.max_steps=24000); lengths=8000,12000,16000,18000,20000,24000; fi
     "$bnexp" train -m experiment=inception "${scale[@]}" "${pilot[@]}" trainer.eval_first=20 trainer.eval_ratio=1.1 \
-      trainer.seed="$seeds" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
+      trainer.seed="${SEEDS:-0,1,2}" hydra.sweep.dir="$sweeps/pilot" "${@:2}"
     "$python" scripts/plateau.py "$sweeps/pilot" --lengths "$lengths" --out "$out/pilot.md"
     "$bnexp" report "$sweeps/pilot" --targets "$targets" --out "$out/pilot" ;;  # its runs.csv, curves, figures
   speed)  # seed 0 of BN-x5 again in plain fp32 (contiguous layout), to set beside fast's seeds
