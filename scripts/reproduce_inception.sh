@@ -16,8 +16,8 @@
 # fast's seed 0):
 #   (bash scripts/reproduce_inception.sh fast trainer.threads=1
 #    bash scripts/reproduce_inception.sh failures trainer.threads=1
-#    SEEDS=3,4 MODELS=inception,bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1) &
-#   (SEEDS=0,1,2 MODELS=inception,bn_baseline bash scripts/reproduce_inception.sh slow trainer.threads=1
+#    SEEDS=4 bash scripts/reproduce_inception.sh slow trainer.threads=1) &
+#   (SEEDS=0,1,2,3 bash scripts/reproduce_inception.sh slow trainer.threads=1
 #    bash scripts/reproduce_inception.sh speed trainer.threads=1) &
 #   wait; bash scripts/reproduce_inception.sh report
 #
