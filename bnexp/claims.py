@@ -27,9 +27,18 @@ the log10 of the first weight layer's gradient norm over the last one's at the i
 (probes.grad_every): 2 means the first layer's gradient is 100x the last layer's.
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
-`partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). The
-verdict is the region the whole 95% interval lies in, or "inconclusive" when the interval spans
-two; "rough" is added where the interval rests on fewer than stats.ROUGH seeds.
+`partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). An
+equivalence claim ("as well as", "within 1 point", "no advantage") is two-sided: `within: m` holds
+where the whole interval lies inside [-m, m] and does not hold where it lies wholly outside. The
+verdict is the region the whole interval (at stats.CONFIDENCE) lies in, or "inconclusive" when it
+spans two; "rough" is added where the interval rests on fewer than stats.ROUGH seeds.
+
+Only finished runs (completed or diverged) count; interrupted or failed ones are left out and the
+verdicts say so. Across a study's claims, a few decided verdicts would be wrong by chance at 95%
+each; each decided verdict says whether it survives Holm's family-wise correction over the study's
+claims: its interval is widened until the verdict no longer stands (the highest level it is decided
+at, `decided_to`, whose complement acts as its p-value) and Holm's step-down rule is applied at
+1 - stats.CONFIDENCE.
 """
 
 from __future__ import annotations
@@ -37,7 +46,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -51,6 +61,8 @@ MEASURES = ("speedup", "p_sooner", "best_accuracy", "final_accuracy", "best_accu
             "init_grad_orders")
 BASELINE_TARGETS = ("target", "every_seed")  # steps to these are counted to the report's baseline's bests
 HOLDS, PARTLY, NOT, INCONCLUSIVE = "holds", "partly", "does not hold", "inconclusive"
+FINISHED = ("completed", "diverged")  # the runs a verdict counts
+RULE_KEYS = {"holds_above", "holds_below", "partly_above", "partly_below", "within"}
 
 
 @dataclass(frozen=True)
@@ -66,23 +78,41 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ClaimsFile:
+    study: str
+    claims: list[Claim]
+    path: Path
+
+
+@dataclass(frozen=True)
 class Verdict:
     claim: Claim
     value: str  # the measured quantity and its interval, as shown
     low: float
     high: float
     n: int
+    method: str  # the interval's (stats.T, stats.WELCH, ...)
     verdict: str
+    decided_to: float | None = None  # the highest level at which a decided verdict still stands
+    family_wise: str = ""  # survives / does not survive (Holm over the study's claims); "" if undecided
 
 
-def load(name: str) -> tuple[str, list[Claim]]:
+@dataclass(frozen=True)
+class Verdicts:
+    study: str
+    verdicts: list[Verdict]
+    excluded: list[str]  # runs left out because they did not finish: "run (status)"
+    provenance: list[str]  # where the rules and the runs come from (git commits), for verdict.md
+
+
+def load(name: str) -> ClaimsFile:
     """A claims file by path, or a study's by its name (results/<name>/claims.yaml in a source
-    checkout); (its study, its claims)."""
+    checkout, e.g. bn_lr or schedule/mnist)."""
     path, results = Path(name), config_dir().parent / "results"
     if not path.is_file():
         path = results / name / "claims.yaml"
     if not path.is_file():
-        known = sorted(p.parent.name for p in results.glob("*/claims.yaml"))
+        known = sorted(str(p.parent.relative_to(results)) for p in results.glob("**/claims.yaml"))
         raise UserError(f"no claims file {name!r}: a path, or a study's name ({', '.join(known) or 'none found'})")
     try:
         spec = OmegaConf.to_container(OmegaConf.load(path))
@@ -93,12 +123,7 @@ def load(name: str) -> tuple[str, list[Claim]]:
         where = f"{path}: claim {i + 1}"
         if not isinstance(c, dict) or c.get("measure") not in MEASURES:
             raise UserError(f"{where}: measure must be one of {', '.join(MEASURES)}")
-        rule = c.get("rule") or {}
-        if len({"holds_above", "holds_below"} & set(rule)) != 1 or set(rule) - {
-                "holds_above", "holds_below", "partly_above", "partly_below"}:
-            raise UserError(f"{where}: rule needs one of holds_above, holds_below (with partly_above / partly_below)")
-        if ("holds_above" in rule and "partly_below" in rule) or ("holds_below" in rule and "partly_above" in rule):
-            raise UserError(f"{where}: a rule's partly threshold goes the same way as its holds threshold")
+        rule = check_rule(c.get("rule"), where)
         target = c.get("target", "every_seed")
         if target not in BASELINE_TARGETS and not (_is_number(target) and 0 < float(target) <= 1):
             raise UserError(f"{where}: target must be target (the baseline's mean best), every_seed (its lowest "
@@ -108,7 +133,26 @@ def load(name: str) -> tuple[str, list[Claim]]:
                             target if target in BASELINE_TARGETS else f"{float(target):g}", rule))
     if not claims:
         raise UserError(f"{path} declares no claims")
-    return str(spec.get("study", path.stem)), claims
+    ids = [c.id for c in claims]
+    if len(set(ids)) < len(ids):
+        raise UserError(f"{path}: claim ids repeat ({', '.join(sorted({i for i in ids if ids.count(i) > 1}))})")
+    return ClaimsFile(str(spec.get("study", path.stem)), claims, path)
+
+
+def check_rule(rule, where: str) -> dict:
+    rule = rule if isinstance(rule, dict) else {}
+    if set(rule) - RULE_KEYS or not all(_is_number(x) for x in rule.values()):
+        raise UserError(f"{where}: a rule's keys are {', '.join(sorted(RULE_KEYS))}, with numbers")
+    if "within" in rule:
+        if len(rule) != 1 or not float(rule["within"]) > 0:
+            raise UserError(f"{where}: a within rule stands alone, with a margin > 0 (holds inside [-m, m])")
+        return rule
+    if len({"holds_above", "holds_below"} & set(rule)) != 1:
+        raise UserError(f"{where}: rule needs one of holds_above, holds_below (with partly_above / partly_below), "
+                        "or within")
+    if ("holds_above" in rule and "partly_below" in rule) or ("holds_below" in rule and "partly_above" in rule):
+        raise UserError(f"{where}: a rule's partly threshold goes the same way as its holds threshold")
+    return rule
 
 
 def _is_number(value) -> bool:
@@ -128,6 +172,11 @@ def decide(rule: dict, low: float, high: float) -> str:
     """The region of the rule's line that the interval [low, high] lies in."""
     if math.isnan(low) or math.isnan(high):
         return INCONCLUSIVE
+    if "within" in rule:
+        margin = rule["within"]
+        if -margin < low and high < margin:
+            return HOLDS
+        return NOT if high < -margin or low > margin else INCONCLUSIVE
     above = "holds_above" in rule
     sign = 1 if above else -1
     holds = sign * rule["holds_above" if above else "holds_below"]
@@ -141,15 +190,21 @@ def decide(rule: dict, low: float, high: float) -> str:
     return region(lo) if region(lo) == region(hi) else INCONCLUSIVE
 
 
-def evaluate(claims: list[Claim], rows: list[dict]) -> list[Verdict]:
-    """Each claim's measure, from runs.csv rows, with its interval and verdict. Steps are compared
-    with the report's baseline (its rows are marked in runs.csv); accuracies with any variant."""
+def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None) -> Verdicts:
+    """Each claim's measure, from runs.csv rows (finished runs only), with its interval, verdict and
+    family-wise check. Steps are compared with the report's baseline (its rows are marked in
+    runs.csv); accuracies with any variant. `runs_csv`: the file the rows were read from, if any."""
+    excluded = [f"{r['run']} ({r['status']})" for r in rows if r["status"] not in FINISHED]
+    finished = [r for r in rows if r["status"] in FINISHED]
+    if not finished:
+        raise UserError("no finished run (completed or diverged) to decide the claims: "
+                        f"{', '.join(excluded) or 'runs.csv is empty'}")
     by_variant: dict[str, list[dict]] = {}
-    for row in rows:
+    for row in finished:
         by_variant.setdefault(row["variant"], []).append(row)
-    default = next(row["variant"] for row in rows if row["baseline"] == "True")
-    verdicts = []
-    for claim in claims:
+    default = next((row["variant"] for row in rows if row["baseline"] == "True"), None)
+    found = []
+    for claim in claims.claims:
         baseline = claim.baseline or default
         steps = claim.measure in ("speedup", "p_sooner")
         if steps and claim.target in BASELINE_TARGETS and baseline != default:
@@ -157,7 +212,8 @@ def evaluate(claims: list[Claim], rows: list[dict]) -> list[Verdict]:
                             f"({default}); run the report with --baseline {baseline}, or give a fixed target")
         for name in (claim.variant, baseline):
             if name not in by_variant:
-                raise UserError(f"claim {claim.id}: no variant {name!r} among the runs ({', '.join(by_variant)})")
+                raise UserError(f"claim {claim.id}: no variant {name!r} among the finished runs "
+                                f"({', '.join(by_variant)})")
         column = f"steps_to_{claim.target}"
         if steps and column not in rows[0]:
             raise UserError(f"claim {claim.id}: runs.csv has no {column}: add {claim.target} to the report's --targets")
@@ -166,10 +222,65 @@ def evaluate(claims: list[Claim], rows: list[dict]) -> list[Verdict]:
         if needed and not all(r.get(needed) for name in read for r in by_variant[name]):
             raise UserError(f"claim {claim.id}: {claim.measure} needs {needed} in every run of "
                             f"{' and '.join(map(repr, read))}: train them with {PROBE_SETTING[needed]}")
-        value, low, high, n = measure(claim.measure, by_variant[claim.variant], by_variant[baseline], column)
+
+        def at(level: float, claim=claim, baseline=baseline, column=column):
+            return measure(claim.measure, by_variant[claim.variant], by_variant[baseline], column, level)
+
+        value, low, high, n, method = at(stats.CONFIDENCE)
         verdict = decide(claim.rule, low, high)
-        verdicts.append(Verdict(claim, value, low, high, n, verdict + (" (rough)" if n < stats.ROUGH else "")))
-    return verdicts
+        decided_to = None if verdict == INCONCLUSIVE else highest_level(claim.rule, verdict, at)
+        found.append(Verdict(claim, value, low, high, n, method,
+                             verdict + (" (rough)" if n < stats.ROUGH else ""), decided_to))
+    return Verdicts(claims.study, holm(found), excluded, provenance(claims.path, runs_csv, finished))
+
+
+def highest_level(rule: dict, verdict: str, at) -> float:
+    """The highest confidence level (to 0.0001) at which the measure's interval still gives `verdict`."""
+    low, high = stats.CONFIDENCE, 0.9999
+    if decide(rule, *at(high)[1:3]) == verdict:
+        return high
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (mid, high) if decide(rule, *at(mid)[1:3]) == verdict else (low, mid)
+    return low
+
+
+def holm(verdicts: list[Verdict]) -> list[Verdict]:
+    """Holm's step-down over all the study's claims (undecided ones count in the family, as p = 1):
+    the k-th smallest 1 - decided_to must be under alpha / (K - k + 1), and every smaller one too."""
+    alpha, family = 1 - stats.CONFIDENCE, len(verdicts)
+    order = sorted(range(family), key=lambda i: 1 - (verdicts[i].decided_to or 0))
+    survives, standing = set(), True
+    for rank, i in enumerate(order):
+        standing = standing and verdicts[i].decided_to is not None and 1 - verdicts[i].decided_to < alpha / (
+            family - rank) - 1e-12
+        if standing:
+            survives.add(i)
+    return [replace(v, family_wise="" if v.decided_to is None else "survives" if i in survives else "does not survive")
+            for i, v in enumerate(verdicts)]
+
+
+def git_log(path: Path) -> list[str]:
+    """`<short commit> <date>` of each commit that touched path, newest first; [] outside git."""
+    try:
+        done = subprocess.run(["git", "log", "--follow", "--format=%h %cs", "--", path.name], cwd=path.parent,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return done.stdout.split("\n")[:-1] if done.returncode == 0 else []
+
+
+def provenance(claims_path: Path, runs_csv: Path | None, rows: list[dict]) -> list[str]:
+    """Where the rules and the runs come from, so a reader sees whether a rule predates the runs."""
+    history = git_log(claims_path.resolve())
+    rules = (f"the claims file {claims_path.name} first committed at {history[-1]}, last changed at {history[0]}"
+             if history else f"the claims file {claims_path} (not committed)")
+    trained = sorted({r.get("git_commit", "")[:7] for r in rows} - {""})
+    made = git_log(runs_csv.resolve()) if runs_csv else []
+    runs = ("runs.csv written beside it by the same report" if runs_csv is None else
+            f"runs.csv committed at {made[0]}" if made else "runs.csv not committed") + (
+        f"; the runs trained at {', '.join(trained)}" if trained else "")
+    return [rules, runs]
 
 
 # The probe column each probe measure reads, and the setting that takes the probe.
@@ -186,63 +297,90 @@ def gaps(rows: list[dict]) -> list[float]:
 
 def censored(rows: list[dict], column: str) -> stats.Censored:
     return stats.Censored.of([int(r[column]) if r[column] else None for r in rows],
-                             [int(r["last_evaluated_step"]) for r in rows])
+                             [int(r["last_evaluated_step"]) for r in rows], [r["status"] == "diverged" for r in rows])
 
 
-def measure(name: str, runs: list[dict], base: list[dict], column: str) -> tuple[str, float, float, int]:
-    """(shown value with interval, interval low, interval high, seeds it rests on)."""
+def measure(name: str, runs: list[dict], base: list[dict], column: str,
+            level: float = stats.CONFIDENCE) -> tuple[str, float, float, int, str]:
+    """(shown value with interval, interval low, interval high, seeds it rests on, interval method)."""
     if name == "speedup":
-        sp = stats.speedup(censored(base, column), censored(runs, column))
-        return stats.fmt_speedup(sp, interval=True), sp.interval_low, sp.interval_high, sp.n
-    if name == "p_sooner":
-        e = stats.probability_of_improvement(censored(base, column), censored(runs, column))
-        return stats.fmt_estimate(e, 1, 2), e.low, e.high, e.n
-    if name in ("best_accuracy", "final_accuracy"):
-        e = stats.mean([float(r[name]) for r in runs])
-        return stats.fmt_estimate(e, 100, 2) + "%", e.low, e.high, e.n
-    if name in ("best_accuracy_gain", "final_accuracy_gain"):
-        key = name.removesuffix("_gain")
-        e = stats.difference([float(r[key]) for r in runs], [float(r[key]) for r in base])
-        return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
-    if name == "train_test_gap":
-        e = stats.mean(gaps(runs))
-        return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
-    if name == "train_test_gap_gain":
-        e = stats.difference(gaps(runs), gaps(base))
-        return stats.fmt_estimate(e, 100, 2) + " points", e.low, e.high, e.n
-    if name == "variance_shift":
-        e = stats.mean([float(r["variance_shift"]) for r in runs])
-        return stats.fmt_estimate(e, 1, 3), e.low, e.high, e.n
-    if name == "variance_shift_gain":
-        e = stats.difference([float(r["variance_shift"]) for r in runs], [float(r["variance_shift"]) for r in base])
-        return stats.fmt_estimate(e, 1, 3), e.low, e.high, e.n
-    if name == "init_grad_orders":
-        e = stats.mean([math.log10(float(r["init_grad_ratio"])) for r in runs])
-        return stats.fmt_estimate(e, 1, 2) + " (log10)", e.low, e.high, e.n
-    e = stats.mean([float(r["status"] == "diverged") for r in runs])
-    return stats.fmt_estimate(e, 100, 0) + "%", e.low, e.high, e.n
+        sp = stats.speedup(censored(base, column), censored(runs, column), level)
+        return stats.fmt_speedup(sp, interval=True), sp.interval_low, sp.interval_high, sp.n, sp.method
+    if name == "diverged_share":
+        e = stats.share(sum(r["status"] == "diverged" for r in runs), len(runs), level)
+        shown = stats.fmt_estimate(e, 100, 0) + "%"
+    elif name == "p_sooner":
+        e = stats.probability_of_improvement(censored(base, column), censored(runs, column), level)
+        shown = stats.fmt_estimate(e, 1, 2)
+    else:
+        values, unit, scale, digits, how = VALUES[name]
+        if name.endswith("_gain"):
+            e = stats.difference(values(runs), values(base), level, **how)
+        else:
+            e = stats.mean(values(runs), level, **how)
+        shown = stats.fmt_estimate(e, scale, digits) + unit
+    return shown, e.low, e.high, e.n, e.method
 
 
-def verdict_markdown(study: str, verdicts: list[Verdict], source: str) -> str:
-    lines = [f"# Verdicts: {study}", "", f"Computed by bnexp/claims.py from {source}: each claim's measure with its "
-             f"95% interval (percentile bootstrap over seeds, {stats.RESAMPLES:,} resamples) and the claims "
-             "file's rule; `rough`: fewer than 5 seeds.", "",
-             "| claim | the paper | measured [95% interval] | seeds | rule | verdict |", "|---|---|---|---|---|---|"]
-    for v in verdicts:
-        rule = ", ".join(f"{k.replace('_', ' ')} {x:g}" for k, x in v.claim.rule.items())
-        lines.append(f"| {v.claim.claim} | {v.claim.paper} | {v.value} | {v.n} | {rule} | **{v.verdict}** |")
+def column_values(key: str):
+    return lambda rows: [float(r[key]) for r in rows]
+
+
+# A mean or difference measure: (its per-run values, unit shown, scale, digits, how the interval is
+# taken: the least spread seeds can have and, for a mean of accuracies, the range it lies in).
+POINTS = {"resolution": stats.ACCURACY_RESOLUTION}
+VALUES = {
+    "best_accuracy": (column_values("best_accuracy"), "%", 100, 2, stats.ACCURACY),
+    "final_accuracy": (column_values("final_accuracy"), "%", 100, 2, stats.ACCURACY),
+    "best_accuracy_gain": (column_values("best_accuracy"), " points", 100, 2, POINTS),
+    "final_accuracy_gain": (column_values("final_accuracy"), " points", 100, 2, POINTS),
+    "train_test_gap": (gaps, " points", 100, 2, POINTS),
+    "train_test_gap_gain": (gaps, " points", 100, 2, POINTS),
+    "variance_shift": (column_values("variance_shift"), "", 1, 3, {}),
+    "variance_shift_gain": (column_values("variance_shift"), "", 1, 3, {}),
+    "init_grad_orders": (lambda rows: [math.log10(float(r["init_grad_ratio"])) for r in rows], " (log10)", 1, 2, {}),
+}
+
+
+def rule_text(rule: dict) -> str:
+    if "within" in rule:
+        return f"holds within ±{rule['within']:g}"
+    return ", ".join(f"{k.replace('_', ' ')} {x:g}" for k, x in rule.items())
+
+
+def verdict_markdown(found: Verdicts, source: str) -> str:
+    level = stats.percent()
+    methods = sorted({v.method for v in found.verdicts})
+    lines = [f"# Verdicts: {found.study}", "",
+             f"Computed by bnexp/claims.py from {source}: each claim's measure with its {level} interval and the "
+             f"claims file's rule; the interval's method is named in each row ({', '.join(methods)}; bootstraps: "
+             f"{stats.RESAMPLES:,} resamples, fixed seed). `rough`: fewer than {stats.ROUGH} seeds. Family-wise: "
+             f"whether a decided verdict survives Holm's correction over this study's {len(found.verdicts)} claims "
+             f"at {stats.percent(1 - stats.CONFIDENCE)}, with the highest level it stands at.", "",
+             *(f"- Rules: {found.provenance[0]}." if found.provenance else "",
+               f"- Runs: {found.provenance[1]}." if found.provenance else ""), ""]
+    if found.excluded:
+        lines += [f"**Left out: {len(found.excluded)} runs that did not finish** ({', '.join(found.excluded)}); "
+                  "resume them and report again.", ""]
+    lines += [f"| claim | the paper | measured [{level} interval] | interval | seeds | rule | verdict | family-wise |",
+              "|---|---|---|---|---|---|---|---|"]
+    for v in found.verdicts:
+        family = f"{v.family_wise} (stands to {stats.percent(v.decided_to)})" if v.family_wise else "-"
+        lines.append(f"| {v.claim.claim} | {v.claim.paper} | {v.value} | {v.method} | {v.n} | {rule_text(v.claim.rule)} "
+                     f"| **{v.verdict}** | {family} |")
     return "\n".join(lines) + "\n"
 
 
-def write_verdicts(study: str, verdicts: list[Verdict], out: Path, source: str) -> list[Path]:
+def write_verdicts(found: Verdicts, out: Path, source: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "verdict.md").write_text(verdict_markdown(study, verdicts, source))
+    (out / "verdict.md").write_text(verdict_markdown(found, source))
     with open(out / "verdict.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "claim", "paper", "measure", "variant", "baseline", "target", "value", "low", "high", "seeds",
-                    "verdict"])
-        for v in verdicts:
+                    "interval", "level", "verdict", "decided_to", "family_wise"])
+        for v in found.verdicts:
             c = v.claim
             w.writerow([c.id, c.claim, c.paper, c.measure, c.variant, c.baseline or "", c.target, v.value, v.low,
-                        v.high, v.n, v.verdict])
+                        v.high, v.n, v.method, stats.CONFIDENCE, v.verdict,
+                        "" if v.decided_to is None else f"{v.decided_to:.4f}", v.family_wise])
     return [out / "verdict.md", out / "verdict.csv"]

@@ -197,7 +197,7 @@ VersusPoint = tuple[float, Estimate, Estimate | None, float]
 
 
 def plot_versus(lines: dict[str, list[VersusPoint]], key: str, out: Path) -> list[Path]:
-    """versus.png: each variant's best test accuracy (mean over its seeds, 95% bootstrap interval)
+    """versus.png: each variant's best test accuracy (mean over its seeds, 95% t interval)
     against one option's value, one line per setting of the other options, as CS231n's weight-scale
     plot; where runs took the gradient probe, a second panel: log10 of the first layer's gradient
     norm over the last one's at the initial weights. A hollow marker: most of its runs diverged
@@ -220,7 +220,9 @@ def plot_versus(lines: dict[str, list[VersusPoint]], key: str, out: Path) -> lis
                 continue
             x = [d[0] for d in drawn]
             y = [scale * d[1].value for d in drawn]
+            # An unbounded interval (one seed) draws no bar rather than a bar of no width.
             err = [[scale * (d[1].value - d[1].low) for d in drawn], [scale * (d[1].high - d[1].value) for d in drawn]]
+            err = [[e if math.isfinite(e) else math.nan for e in side] for side in err]
             seeds = max(d[1].n for d in drawn)
             ax.errorbar(x, y, yerr=err, color=color[name], capsize=3, label=f"{name} ({seeds} seeds)")
             ax.scatter(x, y, color=color[name], zorder=3,

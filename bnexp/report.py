@@ -135,8 +135,8 @@ def summarize(variants: dict[str, list[Run]], baseline: str, target: float | Non
             "diverged_at": [r.summary["diverged_at_step"] for r in runs if r.status == Status.DIVERGED],
             # With intervals: means over seeds, and per baseline target the censored steps (never reached
             # = never), their median, the speed-up over the baseline and P(a run gets there sooner).
-            "best_accuracy_ci": stats.mean(best),
-            "final_accuracy_ci": stats.mean(final),
+            "best_accuracy_ci": stats.mean(best, **stats.ACCURACY),
+            "final_accuracy_ci": stats.mean(final, **stats.ACCURACY),
             "targets": targets,
             "at": {key: at_target(censored[baseline][key], censored[name][key]) for key in targets},
         })
@@ -151,8 +151,10 @@ def at_target(baseline: stats.Censored, steps: stats.Censored) -> dict:
 
 
 def steps_to(runs: list[Run], target: float) -> stats.Censored:
-    """Each run's first evaluated step at or above `target`, never (censored at its last evaluation) if none."""
-    return stats.Censored.of([first_step_reaching(r.accuracy, target) for r in runs], [r.accuracy[-1][0] for r in runs])
+    """Each run's first evaluated step at or above `target`, never (censored at its last evaluation,
+    or for good where it diverged) if none."""
+    return stats.Censored.of([first_step_reaching(r.accuracy, target) for r in runs], [r.accuracy[-1][0] for r in runs],
+                             [r.status == Status.DIVERGED for r in runs])
 
 
 def fmt_acc(ms) -> str:
@@ -171,12 +173,13 @@ def fmt_seeds(n: int) -> str:
 
 
 def interval_table(rows: list[dict]) -> str:
-    """The statistics with their 95% intervals, for the two baseline targets."""
+    """The statistics with their intervals, for the two baseline targets."""
     targets = rows[0]["targets"]
     head = ["variant", "seeds", "best accuracy", "final accuracy"]
     for label in ("A", "B"):
         head += [f"reached {label}", f"median steps to {label}", f"speed-up to {label}", f"P(sooner) to {label}"]
-    lines = [f"95% intervals: percentile bootstrap over seeds ({stats.RESAMPLES:,} resamples, fixed seed). "
+    lines = [f"{stats.percent()} intervals: accuracies Student t over seeds; median steps and speed-ups percentile "
+             f"bootstrap ({stats.RESAMPLES:,} resamples, fixed seed); P(sooner) Newcombe's score interval. "
              f"Target A: {100 * targets['target']:.2f}% (the table's target); target B: "
              f"{100 * targets['every_seed']:.2f}% (the baseline's lowest best: every baseline seed reaches it). "
              "A run that never reaches a target counts as never (for medians and P(sooner): the chance that "
@@ -325,7 +328,7 @@ def versus_points(variants: dict[str, list[Run]], key: str) -> dict[str, list[Ve
         [value] = values
         part = f"{key}={value}"
         line = ",".join(p for p in name.split(",") if p != part) or "all runs"
-        best = stats.mean([max(a for _, a in r.accuracy) for r in runs if r.accuracy])
+        best = stats.mean([max(a for _, a in r.accuracy) for r in runs if r.accuracy], **stats.ACCURACY)
         ratios = [math.log10(g) for r in runs
                   if (g := probe_columns(r)["init_grad_ratio"]) is not None and math.isfinite(g) and g > 0]
         diverged = sum(r.status == Status.DIVERGED for r in runs) / len(runs)
@@ -480,9 +483,9 @@ def report(args: argparse.Namespace) -> int:
             raise UserError("a runs.csv alone gives the verdicts: add --claims NAME")
         if args.versus:
             raise UserError("--versus draws from run directories, not from a runs.csv")
-        found = evaluate_claims(claims[1], read_runs_csv(args.paths[0].read_text()))
-        print(verdict_markdown(claims[0], found, str(args.paths[0])))
-        for path in write_verdicts(claims[0], found, args.out, str(args.paths[0])) if args.out else []:
+        found = evaluate_claims(claims, read_runs_csv(args.paths[0].read_text()), args.paths[0])
+        print(verdict_markdown(found, str(args.paths[0])))
+        for path in write_verdicts(found, args.out, str(args.paths[0])) if args.out else []:
             print(f"wrote {path}")
         return 0
     runs, left_out = [], []
@@ -520,11 +523,11 @@ def report(args: argparse.Namespace) -> int:
     text = "\n".join(lines)
     per_run = runs_csv(variants, rows, fixed_targets)
     # The verdicts come from runs.csv's text, the file a reader recomputes them from.
-    found = evaluate_claims(claims[1], read_runs_csv(per_run)) if claims else None
+    found = evaluate_claims(claims, read_runs_csv(per_run)) if claims else None
     versus = versus_points(variants, args.versus) if args.versus else None
     print(text)
     if found is not None:
-        print(verdict_markdown(claims[0], found, "runs.csv"))
+        print(verdict_markdown(found, "runs.csv"))
     for path, why in left_out:
         print(f"bnexp report: left out {path}: {why}", file=sys.stderr)
     if args.out:
@@ -544,7 +547,7 @@ def report(args: argparse.Namespace) -> int:
         if versus is not None:
             written += plot_versus(versus, args.versus, args.out)
         if found is not None:
-            written += write_verdicts(claims[0], found, args.out, "runs.csv")
+            written += write_verdicts(found, args.out, "runs.csv")
         for path in written:
             print(f"wrote {path}")
     return 0

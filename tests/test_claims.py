@@ -91,10 +91,16 @@ def test_verdicts_from_runs_and_again_from_runs_csv_alone(bnexp, tmp_path):
     verdict = (tmp_path / "out" / "verdict.md").read_text()
     assert "# Verdicts: a hand-made study" in verdict and "computed by bnexp/claims.py from runs.csv" in verdict.lower()
     # To 0.90: baseline 6000, 5000 (median 5500), BN 1000, 1000: 5.5x; resamples give 5000-6000 / 1000.
-    assert "| BN gets there sooner | 14x | 5.50x [5.00, 6.00] | 2 | holds above 1 | **holds (rough)** |" in verdict
-    assert "| BN ends higher | +0.2 points | 5.50 [" in verdict and "**holds (rough)** |" in verdict
+    assert ("| BN gets there sooner | 14x | 5.50x [5.00, 6.00] | percentile bootstrap | 2 | holds above 1 "
+            "| **holds (rough)** | survives (stands to 99.99%) |") in verdict
+    # 2 seeds each: 96.5 +- 0.7 against 91 +- 1.4, Welch's t with about 1.5 degrees of freedom: wide.
+    assert ("| BN ends higher | +0.2 points | 5.50 [-1.42, 12.42] points | Welch t | 2 | holds above 0 "
+            "| **inconclusive (rough)** | - |") in verdict
+    assert "| a BN run is likely to get there first | - | 1.00 [0.18, 1.00] | Newcombe score |" in verdict
+    assert "95% interval" in verdict and "Holm's correction over this study's 3 claims" in verdict
     rows = (tmp_path / "out" / "verdict.csv").read_text().splitlines()
-    assert rows[0].startswith("id,claim,paper,measure") and len(rows) == 4
+    assert rows[0] == ("id,claim,paper,measure,variant,baseline,target,value,low,high,seeds,interval,level,verdict,"
+                       "decided_to,family_wise") and len(rows) == 4
     again = bnexp("report", str(tmp_path / "out" / "runs.csv"), "--claims", write(tmp_path, CLAIMS))
     assert again.returncode == 0, again.stderr
     assert "5.50x [5.00, 6.00]" in again.stdout  # the same numbers from the committed file alone
@@ -110,7 +116,7 @@ def test_claims_the_runs_cannot_decide_are_one_line_and_nothing_is_written(bnexp
         done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, unknown), *out)
         assert done.returncode == 2
         assert done.stderr.strip().splitlines() == [
-            "bnexp: error: claim faster: no variant 'norm=layer' among the runs (norm=none, norm=batch)"]
+            "bnexp: error: claim faster: no variant 'norm=layer' among the finished runs (norm=none, norm=batch)"]
     assert not (tmp_path / "out").exists()  # no report.md or runs.csv that looks finished
 
 
@@ -157,11 +163,13 @@ def test_the_probes_measures_and_a_fixed_target(bnexp, tmp_path):
     assert rows["b1"]["final_train_accuracy"] == "1.0" and rows["b1"]["variance_shift"] == "0.7"
     assert rows["b0"]["init_grad_ratio"] == "100.0" and rows["a0"]["init_grad_ratio"] == ""
     verdict = (tmp_path / "out" / "verdict.md").read_text()
-    assert "| BN overfits | - | 3.50 [3.00, 4.00] points |" in verdict  # (0.99 - 0.96, 1.0 - 0.96)
+    assert "| BN overfits | - | 3.50 [-2.85, 9.85] points | Student t |" in verdict  # 0.99 - 0.96, 1.0 - 0.96
     assert "| BN narrows the gap | - | -0.50 [" in verdict  # 3.5 - 4.0 (0.95 - 0.91) points
-    assert "| dropout shifts the variance | - | 0.750 [0.700, 0.800] |" in verdict
+    assert "| dropout shifts the variance | - | 0.750 [0.115, 1.385] |" in verdict  # 0.8, 0.7: t(1) is 12.7
     assert "| BN's shift is the larger | - | -0.175 [" in verdict  # 0.75 - 0.925
-    assert "| gradients explode at init | - | 2.00 [2.00, 2.00] (log10) |" in verdict
+    # Both seeds' ratio is 100: zero spread, which decides nothing rather than proving anything.
+    assert "| gradients explode at init | - | 2.00 [-∞, ∞] (log10) | Student t | 2 | holds above 1 | **inconclusive" \
+        in verdict
     assert "| none gets to 90% sooner than BN | - | 0.33x [0.33, 0.33] |" in verdict  # 3000 steps vs 1000
 
 

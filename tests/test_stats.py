@@ -18,17 +18,77 @@ def censored(*steps, last=10_000):
 
 def test_at_least_ten_thousand_resamples_from_a_fixed_generator():
     assert stats.RESAMPLES >= 10_000
-    a, b = stats.mean([0.1, 0.5, 0.7, 0.2]), stats.mean([0.1, 0.5, 0.7, 0.2])
-    assert a == b  # reproducible to the digit
+    base, variant = censored(1000, 3000, 2000, 2500), censored(500, 700, 900)
+    assert stats.speedup(base, variant) == stats.speedup(base, variant)  # reproducible to the digit
+    assert stats.median_steps(base) == stats.median_steps(base)
 
 
-def test_the_mean_interval_is_the_bootstrap_percentile_interval():
+def test_the_mean_interval_is_students_t():
+    """1..5: mean 3, sd 1.581, standard error 0.707, t(4) 97.5% quantile 2.776: 3 -+ 1.963."""
     e = stats.mean([1, 2, 3, 4, 5])
-    assert e.value == 3 and e.n == 5 and not e.rough
-    # The bootstrap distribution of the mean of 5 values has sd sqrt(2 / 5) = 0.632: about 3 -+ 1.24.
-    assert e.low == pytest.approx(1.8, abs=0.2) and e.high == pytest.approx(4.2, abs=0.2)
-    same = stats.mean([0.9] * 3)
-    assert (same.low, same.high, same.rough) == (0.9, 0.9, True)
+    assert (e.value, e.n, e.method, e.level, e.rough) == (3, 5, stats.T, stats.CONFIDENCE, False)
+    assert e.low == pytest.approx(3 - 1.9632, abs=1e-3) and e.high == pytest.approx(3 + 1.9632, abs=1e-3)
+    wider = stats.mean([1, 2, 3, 4, 5], level=0.99)
+    assert wider.low < e.low and wider.high > e.high
+
+
+def test_seeds_that_all_agree_are_never_certainty():
+    """Zero spread: floored at the data's resolution (here 0.0001: 0.9 -+ t(2) 4.303 x 0.0001 / sqrt 3),
+    or, with none given or with one seed, unbounded: an interval that decides nothing."""
+    floored = stats.mean([0.9] * 3, resolution=1e-4)
+    assert floored.low == pytest.approx(0.9 - 4.3027e-4 / math.sqrt(3), abs=1e-7) and floored.high > 0.9
+    free = stats.mean([0.9] * 3)
+    assert (free.low, free.high) == (
+        -math.inf, math.inf)
+    one = stats.mean([0.9])
+    assert (one.low, one.high, one.rough) == (-math.inf, math.inf, True)
+    assert stats.fmt_estimate(one, 100, 2) == "90.00 [-∞, ∞]"
+    same = stats.difference([0.5] * 4, [0.5] * 4)
+    assert (same.low, same.high) == (-math.inf, math.inf)
+    assert stats.difference([0.5], [0.4, 0.6]).high == math.inf
+
+
+def test_a_difference_is_welchs_t():
+    """a = 1, 2, 3 (var 1), b = 0, 0, 0, 4 (var 4): se sqrt(1/3 + 4/4) = 1.155; Welch's df
+    (1.333)^2 / ((1/3)^2 / 2 + 1 / 3) = 4.57; t 97.5% = 2.645."""
+    e = stats.difference([1, 2, 3], [0, 0, 0, 4])
+    assert e.value == pytest.approx(1.0) and e.method == stats.WELCH and e.n == 3
+    half = e.high - e.value
+    assert half == pytest.approx(2.6448 * 1.1547, rel=1e-4) and e.value - e.low == pytest.approx(half)
+
+
+@pytest.mark.parametrize("hits, n, low, high", [
+    (0, 5, 0.0, 0.5218), (5, 5, 0.4782, 1.0), (1, 10, 0.0025, 0.4450), (5, 10, 0.1871, 0.8129)])
+def test_a_share_has_the_exact_clopper_pearson_interval(hits, n, low, high):
+    e = stats.share(hits, n)
+    assert e.value == hits / n and e.method == stats.EXACT
+    assert e.low == pytest.approx(low, abs=1e-4) and e.high == pytest.approx(high, abs=1e-4)
+
+
+def test_p_sooner_keeps_its_width_when_every_pair_agrees():
+    """5 variant runs all sooner than 5 baseline runs: P = 1, but 25 pairs of 10 runs are no proof
+    that every future pair agrees; Newcombe's score interval (t quantile) leaves [0.61, 1]."""
+    p = stats.probability_of_improvement(censored(900, 950, 1000, 1100, 1200), censored(100, 200, 300, 400, 500))
+    assert p.value == 1.0 and p.high == 1.0 and p.low == pytest.approx(0.612, abs=2e-3) and p.method == stats.SCORE
+    lost = stats.probability_of_improvement(censored(100, 200, 300, 400, 500), censored(900, 950, 1000, 1100, 1200))
+    assert lost.value == 0.0 and lost.low == 0.0 and lost.high == pytest.approx(1 - 0.612, abs=2e-3)
+    assert (stats.probability_of_improvement(censored(5), censored(3)).low,
+            stats.probability_of_improvement(censored(5), censored(3)).high) == (0.0, 1.0)  # one run each
+
+
+def test_a_diverged_run_never_gets_there_even_as_a_bound():
+    """The variant's first run diverged at step 400: it never reaches the target, rather than
+    'needed at least 400 steps'. Baseline 1000 x 3; variant bounds 400, 5000, 100 would make the
+    optimistic speed-up 1000 / 400 = 2.5x; with the diverged run at never it is 1000 / 5000 = 0.2x."""
+    base = censored(1000, 1000, 1000)
+    alive = stats.Censored.of([None, None, 100], [400, 5000, 5000])
+    gone = stats.Censored.of([None, None, 100], [400, 5000, 5000], diverged=[True, False, False])
+    assert alive.bounds == (400.0, 5000.0, 100.0) and gone.bounds == (NEVER, 5000.0, 100.0)
+    assert (stats.speedup(base, alive).low, stats.speedup(base, alive).high) == (0.0, 2.5)
+    assert (stats.speedup(base, gone).low, stats.speedup(base, gone).high) == (0.0, 0.2)
+    both_gone = stats.Censored.of([None, None, None], [400] * 3, diverged=[True] * 3)
+    sp = stats.speedup(both_gone, both_gone)  # never over never: unknown, not nan
+    assert (sp.low, sp.high, sp.interval_low, sp.interval_high) == (0.0, NEVER, 0.0, NEVER)
 
 
 def test_a_censored_run_that_does_not_decide_the_median_leaves_an_exact_speedup():
@@ -102,5 +162,6 @@ def test_runs_csv_holds_one_row_per_run_and_the_intervals_can_be_recomputed_from
     [row] = [r for r in report.summarize(variants, "norm=none", None, []) if r["variant"] == "norm=batch"]
     assert again == row["speedup"]
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "95% intervals: percentile bootstrap over seeds (10,000 resamples" in text
+    assert "95% intervals: accuracies Student t over seeds; median steps and speed-ups percentile bootstrap (10,000" \
+        in text
     assert "Intervals from fewer than 5 seeds are rough" in text and "| 2 (rough) |" in text
