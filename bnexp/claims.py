@@ -234,9 +234,12 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
     return Verdicts(claims.study, holm(found), excluded, provenance(claims.path, runs_csv, finished))
 
 
+TOP_LEVEL = 0.9999  # the widest interval a verdict is checked at (bootstraps have 10,000 resamples)
+
+
 def highest_level(rule: dict, verdict: str, at) -> float:
     """The highest confidence level (to 0.0001) at which the measure's interval still gives `verdict`."""
-    low, high = stats.CONFIDENCE, 0.9999
+    low, high = stats.CONFIDENCE, TOP_LEVEL
     if decide(rule, *at(high)[1:3]) == verdict:
         return high
     while high - low > 1e-4:
@@ -365,7 +368,8 @@ def verdict_markdown(found: Verdicts, source: str) -> str:
     lines += [f"| claim | the paper | measured [{level} interval] | interval | seeds | rule | verdict | family-wise |",
               "|---|---|---|---|---|---|---|---|"]
     for v in found.verdicts:
-        family = f"{v.family_wise} (stands to {stats.percent(v.decided_to)})" if v.family_wise else "-"
+        top = "≥ " if v.decided_to is not None and v.decided_to >= TOP_LEVEL else ""
+        family = f"{v.family_wise} (stands to {top}{stats.percent(v.decided_to)})" if v.family_wise else "-"
         lines.append(f"| {v.claim.claim} | {v.claim.paper} | {v.value} | {v.method} | {v.n} | {rule_text(v.claim.rule)} "
                      f"| **{v.verdict}** | {family} |")
     return "\n".join(lines) + "\n"

@@ -54,8 +54,8 @@ T, WELCH, EXACT, SCORE, BOOTSTRAP = ("Student t", "Welch t", "Clopper-Pearson", 
 
 
 def percent(level: float = CONFIDENCE) -> str:
-    """95%, 99.5%: a level as the tables print it."""
-    return f"{100 * level:g}%"
+    """95%, 99.5%, 98.92%: a level as the tables print it (4 significant digits)."""
+    return f"{100 * level:.4g}%"
 
 
 @dataclass(frozen=True)

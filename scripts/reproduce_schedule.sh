@@ -59,7 +59,7 @@ case "${1:-}" in
   report)  # and whether each setting had stopped improving by its end (gain over its last quarter)
     steps=$(baseline_steps)
     "$bnexp" report "$figure3/main"/experiment=inception,* "$sweeps/bn_x5" --baseline inception --targets "$targets" \
-      --claims "results/schedule/claims_$data.yaml" --out "$out"
+      --claims "results/schedule/$data/claims.yaml" --out "$out"
     "$python" scripts/plateau.py "$figure3/main" --name inception --lengths "$steps" --out "$out/plateau_inception.md"
     for s in $speedups; do
       "$python" scripts/plateau.py "$sweeps/bn_x5" --name "bn_x5_decay${s}x" \

@@ -27,6 +27,12 @@ BELOW = {"holds_below": 0}
     (BELOW, 0.1, 0.3, claims.NOT),
     (BELOW, -0.1, 0.1, claims.INCONCLUSIVE),
     ({"holds_below": -0.5, "partly_below": 0}, -0.3, -0.1, claims.PARTLY),
+    ({"within": 0.01}, -0.005, 0.008, claims.HOLDS),  # as well as: the whole interval inside +-1 point
+    ({"within": 0.01}, -0.0050, -0.0027, claims.HOLDS),
+    ({"within": 0.01}, 0.0046, 0.0085, claims.HOLDS),
+    ({"within": 0.01}, -0.0050, 0.012, claims.INCONCLUSIVE),
+    ({"within": 0.01}, 0.02, 0.04, claims.NOT),  # wholly outside: better by more than the margin
+    ({"within": 0.01}, -0.04, -0.02, claims.NOT),  # or worse
     (ABOVE, math.nan, 3, claims.INCONCLUSIVE),
 ])
 def test_the_rule_is_the_region_the_whole_interval_lies_in(rule, low, high, verdict):
@@ -47,6 +53,11 @@ def write(tmp_path, text):
     ("claims: [{measure: speedup, target: 98, rule: {holds_above: 1}}]", "target must be target"),
     ("claims: [{measure: speedup, target: best, rule: {holds_above: 1}}]", "or an accuracy in \\(0, 1\\], got .best."),
     ("claims: [unclosed", "cannot be read"),
+    ("claims: [{measure: speedup, rule: {within: 1, holds_above: 0}}]", "a within rule stands alone"),
+    ("claims: [{measure: speedup, rule: {within: 0}}]", "a margin > 0"),
+    ("claims: [{measure: speedup, rule: {holds_above: one}}]", "with numbers"),
+    ("claims: [{id: a, measure: speedup, rule: {within: 1}}, {id: a, measure: speedup, rule: {within: 1}}]",
+     "claim ids repeat \\(a\\)"),
 ])
 def test_a_bad_claims_file_is_one_line(tmp_path, text, message):
     with pytest.raises(UserError, match=message):
@@ -209,3 +220,53 @@ def test_verdict_table_sets_datasets_side_by_side(tmp_path):
         "| another | - | 1: **holds** (5 seeds) |"]
     missing = subprocess.run([sys.executable, script, f"A={tmp_path / 'nope.csv'}"], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.startswith("verdict_table: error:")
+
+
+def test_an_equivalence_claim_is_decided_on_both_sides(bnexp, tmp_path):
+    """"BN ends as high as none" with a 1-point margin: 0.90-0.92 against 0.96-0.97 is 5.5 points
+    better, wholly outside +-1: the claim that they are equivalent does not hold, where a one-sided
+    'holds_above: -0.01' would have called it held."""
+    for seed, (a, b) in enumerate([(0.90, 0.96), (0.92, 0.97), (0.91, 0.965)]):
+        make_run(tmp_path / "runs", f"a{seed}", "none", seed, {0: 0.1, 6000: a})
+        make_run(tmp_path / "runs", f"b{seed}", "batch", seed, {0: 0.1, 2000: b})
+    text = ("claims:\n  - {id: same, claim: as high, measure: best_accuracy_gain, variant: norm=batch, "
+            "rule: {within: 0.01}}\n")
+    done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, text), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    [row] = claims.read_runs_csv((tmp_path / "out" / "verdict.csv").read_text())
+    assert row["verdict"] == "does not hold (rough)" and float(row["low"]) > 0.01
+    assert "| holds within ±0.01 | **does not hold (rough)** |" in (tmp_path / "out" / "verdict.md").read_text()
+
+
+def test_unfinished_runs_are_left_out_and_said(bnexp, tmp_path):
+    """An interrupted run would count as finished at whatever step it stopped: it is left out, and
+    the verdicts list it; with no finished run at all the report refuses."""
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 3000: 0.85, 6000: 0.90})
+    make_run(tmp_path / "runs", "a1", "none", 1, {0: 0.1, 5000: 0.90, 6000: 0.92})
+    make_run(tmp_path / "runs", "b0", "batch", 0, {0: 0.1, 1000: 0.95, 2000: 0.96})
+    make_run(tmp_path / "runs", "b1", "batch", 1, {0: 0.1, 1000: 0.90, 2000: 0.97})
+    make_run(tmp_path / "runs", "b2", "batch", 2, {0: 0.1, 100: 0.20}, status="interrupted")
+    done = bnexp("report", str(tmp_path / "runs"), "--claims", write(tmp_path, CLAIMS), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    assert "**Left out: 1 runs that did not finish** (b2 (interrupted))" in verdict
+    assert "| BN gets there sooner | 14x | 5.50x [5.00, 6.00] | percentile bootstrap | 2 |" in verdict  # b0, b1
+    rows = (tmp_path / "out" / "runs.csv").read_text()
+    unfinished = rows.replace(",completed,", ",interrupted,")
+    (tmp_path / "bad.csv").write_text(unfinished)
+    refused = bnexp("report", str(tmp_path / "bad.csv"), "--claims", write(tmp_path, CLAIMS))
+    assert refused.returncode == 2 and "no finished run (completed or diverged)" in refused.stderr
+
+
+@pytest.mark.parametrize("decided, survives", [
+    # Holm over 4 claims at 5%: the smallest p must be under 1.25%, the next under 1.67%, then 2.5%, 5%.
+    ([0.999, 0.99, 0.98, 0.96], [True, True, True, True]),
+    ([0.999, 0.97, 0.999, None], [True, False, True, False]),  # 3% > 1.67% stops the steps; None: undecided
+    ([0.97, 0.974, 0.999, 0.999], [False, False, True, True]),  # 2.6% > 2.5%: neither it nor 3% survives
+])
+def test_holm_steps_down_over_the_studys_claims(decided, survives):
+    claim = claims.Claim("c", "", "", "speedup", "v", None, "target", {"holds_above": 1})
+    found = claims.holm([claims.Verdict(claim, "", 0, 0, 5, "", claims.HOLDS if d else claims.INCONCLUSIVE, d)
+                         for d in decided])
+    assert [v.family_wise for v in found] == [
+        ("survives" if s else "does not survive") if d else "" for d, s in zip(decided, survives, strict=True)]

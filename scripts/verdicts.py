@@ -1,0 +1,167 @@
+"""Every study's verdicts at once: re-decide them from the committed runs.csv files, and write
+results/README.md, the index of all studies with their verdict counts, the family-wise check, and
+the claims whose verdict changed since a given commit.
+
+    python scripts/verdicts.py remake                                   # every study, from its runs.csv
+    python scripts/verdicts.py index --before 70268e4 --out results/README.md
+
+A study is a folder of results/ holding runs.csv and verdict.csv; its claims file is the folder's
+claims.yaml, or its parent's (one claims file for a study's two datasets). `index --before REV`
+compares each verdict with the one committed at REV in two steps: REV's claims file decided by
+today's intervals (what the intervals alone changed), then today's claims file (what a reworded
+rule changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from bnexp import claims, stats
+from bnexp.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+VERDICTS = (claims.HOLDS, claims.PARTLY, claims.NOT, claims.INCONCLUSIVE)
+
+
+def studies() -> list[Path]:
+    return sorted(p.parent for p in RESULTS.glob("**/verdict.csv") if (p.parent / "runs.csv").is_file())
+
+
+def claims_file(study: Path) -> Path:
+    for path in (study / "claims.yaml", study.parent / "claims.yaml"):
+        if path.is_file():
+            return path
+    raise UserError(f"{study}: no claims.yaml in it or its parent")
+
+
+def name(study: Path) -> str:
+    return str(study.relative_to(RESULTS))
+
+
+def git_show(rev: str, path: Path) -> str | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path.relative_to(ROOT)}"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def remake() -> int:
+    from bnexp.report import main as report
+
+    for study in studies():  # paths relative to the checkout, as verdict.md shows them
+        runs_csv, rules, out = (p.relative_to(ROOT) for p in (study / "runs.csv", claims_file(study), study))
+        if report([str(runs_csv), "--claims", str(rules), "--out", str(out)]) != 0:
+            return 2
+    return 0
+
+
+def verdict_rows(text: str) -> dict[str, dict]:
+    return {row["id"]: row for row in csv.DictReader(io.StringIO(text))}
+
+
+def old_rules(study: Path, rev: str) -> str | None:
+    """The claims file a study was decided by at rev (the schedule study's were claims_<data>.yaml)."""
+    for path in (study / "claims.yaml", study.parent / "claims.yaml", study.parent / f"claims_{study.name}.yaml"):
+        if (text := git_show(rev, path)) is not None:
+            return text
+    return None
+
+
+def at_rev_rules(study: Path, rev: str) -> dict[str, claims.Verdict]:
+    """Today's intervals under the rules of rev's claims file."""
+    text = old_rules(study, rev)
+    if text is None:
+        return {}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(text)
+        f.flush()
+        found = claims.evaluate(claims.load(f.name), claims.read_runs_csv((study / "runs.csv").read_text()))
+    return {v.claim.id: v for v in found.verdicts}
+
+
+def base(verdict: str) -> str:
+    return verdict.removesuffix(" (rough)")
+
+
+def index(rev: str) -> str:
+    counts, changes, decided, surviving, total = [], [], 0, 0, 0
+    for study in studies():
+        now = verdict_rows((study / "verdict.csv").read_text())
+        tally = Counter(base(v["verdict"]) for v in now.values())
+        survive = sum(v.get("family_wise") == "survives" for v in now.values())
+        rough = sum(v["verdict"].endswith("(rough)") for v in now.values())
+        seeds = sorted({int(v["seeds"]) for v in now.values()})
+        total += len(now)
+        decided += len(now) - tally[claims.INCONCLUSIVE]
+        surviving += survive
+        counts.append(f"| [{name(study)}]({name(study)}/verdict.md) | {len(now)} | "
+                      + " | ".join(str(tally[v]) for v in VERDICTS) + f" | {survive} | {rough} | "
+                      + "-".join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds)) + " |")
+        before = verdict_rows(git_show(rev, study / "verdict.csv") or "id\n")
+        middle = at_rev_rules(study, rev)
+        for key, v in now.items():
+            was, mid = before.get(key), middle.get(key)
+            if was is None:
+                changes.append(f"| {name(study)} | {v['claim']} | (new claim) | - | {v['value']}: **{v['verdict']}** |")
+                continue
+            mid_text = f"{mid.value}: **{mid.verdict}**" if mid else "-"
+            if base(was["verdict"]) != base(v["verdict"]) or (mid and base(mid.verdict) != base(was["verdict"])):
+                changes.append(f"| {name(study)} | {v['claim']} | {was['value']}: **{was['verdict']}** | {mid_text} | "
+                               f"{v['value']}: **{v['verdict']}** |")
+    level = stats.percent()
+    lines = [
+        "# Results: every study and its verdicts", "",
+        "Made by `python scripts/verdicts.py index --before " + rev + " --out results/README.md` from each "
+        "study's verdict.csv (itself computed from the study's runs.csv by its claims file: `python "
+        "scripts/verdicts.py remake`). Intervals and how well they cover: [coverage.md](coverage.md).", "",
+        "| study | claims | holds | partly | does not hold | inconclusive | decided and survive Holm | rough | seeds |",
+        "|---|---|---|---|---|---|---|---|---|", *counts, "",
+        f"**{total} claims, {decided} decided** (holds, partly or does not hold) at {level} each. A {level} "
+        f"interval misses the truth in about 1 study in {round(1 / (1 - stats.CONFIDENCE))}, so across {decided} "
+        f"decided verdicts a few (up to about {(1 - stats.CONFIDENCE) * decided:.0f}, if every one sat at its "
+        "threshold) are expected to be wrong by chance alone. Each verdict.csv says, in `family_wise`, whether a "
+        "decided verdict survives Holm's step-down correction over its own study's claims (the interval widened "
+        f"until the verdict no longer stands; `decided_to` is that level): {surviving} of the {decided} do.", "",
+        f"## Verdicts that changed since {rev}", "",
+        f"At {rev} every interval was a percentile bootstrap (about 83% coverage at 5 seeds for a mean; a zero-width "
+        "[0, 0] or [1, 1] for a share where all runs agree). `intervals` is the same claims file decided with "
+        "today's intervals (Student t, Welch t, Clopper-Pearson, Newcombe; see bnexp/stats.py); `now` adds the "
+        "claims files' rewordings since (each study's README says which rules changed and why).", "",
+        f"| study | claim | at {rev} | intervals | now |", "|---|---|---|---|---|", *changes, "",
+        f"{len(changes)} of {total} claims changed.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("remake", help="re-decide every study's claims from its runs.csv")
+    idx = sub.add_parser("index", help="results/README.md: every study's verdict counts and what changed")
+    idx.add_argument("--before", required=True, help="the commit to compare the verdicts with")
+    idx.add_argument("--out", type=Path, help="write it here as well as to stdout")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    try:
+        if args.command == "remake":
+            return remake()
+        if git_show(args.before, ROOT / "README.md") is None:
+            raise UserError(f"verdicts: error: no commit {args.before!r} in this checkout")
+        text = index(args.before)
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
