@@ -88,6 +88,7 @@ class ClaimsFile:
 class Verdict:
     claim: Claim
     value: str  # the measured quantity and its interval, as shown
+    estimate: float  # the measured quantity itself (nan for a speed-up known only as a bound)
     low: float
     high: float
     n: int
@@ -226,10 +227,10 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
         def at(level: float, claim=claim, baseline=baseline, column=column):
             return measure(claim.measure, by_variant[claim.variant], by_variant[baseline], column, level)
 
-        value, low, high, n, method = at(stats.CONFIDENCE)
+        value, estimate, low, high, n, method = at(stats.CONFIDENCE)
         verdict = decide(claim.rule, low, high)
         decided_to = None if verdict == INCONCLUSIVE else highest_level(claim.rule, verdict, at)
-        found.append(Verdict(claim, value, low, high, n, method,
+        found.append(Verdict(claim, value, estimate, low, high, n, method,
                              verdict + (" (rough)" if n < stats.ROUGH else ""), decided_to))
     return Verdicts(claims.study, holm(found), excluded, provenance(claims.path, runs_csv, finished))
 
@@ -240,11 +241,11 @@ TOP_LEVEL = 0.9999  # the widest interval a verdict is checked at (bootstraps ha
 def highest_level(rule: dict, verdict: str, at) -> float:
     """The highest confidence level (to 0.0001) at which the measure's interval still gives `verdict`."""
     low, high = stats.CONFIDENCE, TOP_LEVEL
-    if decide(rule, *at(high)[1:3]) == verdict:
+    if decide(rule, *at(high)[2:4]) == verdict:
         return high
     while high - low > 1e-4:
         mid = (low + high) / 2
-        low, high = (mid, high) if decide(rule, *at(mid)[1:3]) == verdict else (low, mid)
+        low, high = (mid, high) if decide(rule, *at(mid)[2:4]) == verdict else (low, mid)
     return low
 
 
@@ -304,11 +305,13 @@ def censored(rows: list[dict], column: str) -> stats.Censored:
 
 
 def measure(name: str, runs: list[dict], base: list[dict], column: str,
-            level: float = stats.CONFIDENCE) -> tuple[str, float, float, int, str]:
-    """(shown value with interval, interval low, interval high, seeds it rests on, interval method)."""
+            level: float = stats.CONFIDENCE) -> tuple[str, float, float, float, int, str]:
+    """(shown value with interval, the value, interval low, interval high, seeds it rests on, interval
+    method)."""
     if name == "speedup":
         sp = stats.speedup(censored(base, column), censored(runs, column), level)
-        return stats.fmt_speedup(sp, interval=True), sp.interval_low, sp.interval_high, sp.n, sp.method
+        return (stats.fmt_speedup(sp, interval=True), sp.low if sp.exact else math.nan, sp.interval_low,
+                sp.interval_high, sp.n, sp.method)
     if name == "diverged_share":
         e = stats.share(sum(r["status"] == "diverged" for r in runs), len(runs), level)
         shown = stats.fmt_estimate(e, 100, 0) + "%"
@@ -322,7 +325,7 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str,
         else:
             e = stats.mean(values(runs), level, **how)
         shown = stats.fmt_estimate(e, scale, digits) + unit
-    return shown, e.low, e.high, e.n, e.method
+    return shown, e.value, e.low, e.high, e.n, e.method
 
 
 def column_values(key: str):
@@ -370,8 +373,8 @@ def verdict_markdown(found: Verdicts, source: str) -> str:
     for v in found.verdicts:
         top = "≥ " if v.decided_to is not None and v.decided_to >= TOP_LEVEL else ""
         family = f"{v.family_wise} (stands to {top}{stats.percent(v.decided_to)})" if v.family_wise else "-"
-        lines.append(f"| {v.claim.claim} | {v.claim.paper} | {v.value} | {v.method} | {v.n} | {rule_text(v.claim.rule)} "
-                     f"| **{v.verdict}** | {family} |")
+        lines.append(f"| {v.claim.claim} | {v.claim.paper} | {v.value} | {v.method} | {v.n} "
+                     f"| {rule_text(v.claim.rule)} | **{v.verdict}** | {family} |")
     return "\n".join(lines) + "\n"
 
 
@@ -380,11 +383,11 @@ def write_verdicts(found: Verdicts, out: Path, source: str) -> list[Path]:
     (out / "verdict.md").write_text(verdict_markdown(found, source))
     with open(out / "verdict.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "claim", "paper", "measure", "variant", "baseline", "target", "value", "low", "high", "seeds",
-                    "interval", "level", "verdict", "decided_to", "family_wise"])
+        w.writerow(["id", "claim", "paper", "measure", "variant", "baseline", "target", "value", "estimate", "low",
+                    "high", "seeds", "interval", "level", "verdict", "decided_to", "family_wise"])
         for v in found.verdicts:
             c = v.claim
-            w.writerow([c.id, c.claim, c.paper, c.measure, c.variant, c.baseline or "", c.target, v.value, v.low,
-                        v.high, v.n, v.method, stats.CONFIDENCE, v.verdict,
+            w.writerow([c.id, c.claim, c.paper, c.measure, c.variant, c.baseline or "", c.target, v.value, v.estimate,
+                        v.low, v.high, v.n, v.method, stats.CONFIDENCE, v.verdict,
                         "" if v.decided_to is None else f"{v.decided_to:.4f}", v.family_wise])
     return [out / "verdict.md", out / "verdict.csv"]

@@ -1,6 +1,7 @@
 """One claim per row, one dataset (or study) per column: the verdicts of several verdict.csv files
 (written by `bnexp report --claims`) side by side, as the README's tables show them. Rows follow
-the first file's claims, then any the others add; a claim a file lacks is "-".
+the first file's claims, then any the others add; a claim a file lacks is "-"; "not after Holm"
+marks a decided verdict that does not survive its study's family-wise check.
 
     python scripts/verdict_table.py MNIST=results/schedule/mnist/verdict.csv \\
         Fashion-MNIST=results/schedule/fashion_mnist/verdict.csv
@@ -13,6 +14,8 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+
+HOLM = {"does not survive": "; not after Holm"}  # a decided verdict that the family-wise check does not keep
 
 
 def column(text: str) -> tuple[str, Path]:
@@ -41,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i in ids:
         claim = next(table[i]["claim"] for table in verdicts if i in table)
-        cells = [f"{t[i]['value']}: **{t[i]['verdict']}** ({t[i]['seeds']} seeds)" if i in t else "-"
-                 for t in verdicts]
+        cells = [f"{t[i]['value']}: **{t[i]['verdict']}** ({t[i]['seeds']} seeds"
+                 f"{HOLM.get(t[i].get('family_wise'), '')})" if i in t else "-" for t in verdicts]
         lines.append("| " + " | ".join([claim, *cells, *([f"[{args.link}]({args.link})"] if args.link else [])])
                      + " |")
     print("\n".join(lines))

@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+from scipy.stats import t as t_dist
 
 from bnexp import claims, stats
 from bnexp.errors import UserError
@@ -86,14 +89,56 @@ def at_rev_rules(study: Path, rev: str) -> dict[str, claims.Verdict]:
     return {v.claim.id: v for v in found.verdicts}
 
 
+def thresholds(rule: dict) -> list[float]:
+    if "within" in rule:
+        return [-rule["within"], rule["within"]]
+    return [x for k, x in rule.items()]
+
+
+def seeds_needed(row: dict, rule: dict) -> str:
+    """The seeds per variant at which the measured effect, with its measured spread, would put the
+    interval clear of the nearest threshold (the effect and spread kept as they are: about even odds
+    of a decided verdict then; about twice as many for 80%). Shares: every run agreeing as now."""
+    value, low, high, n = float(row["estimate"]), float(row["low"]), float(row["high"]), int(row["seeds"])
+    distance = min(abs(value - x) for x in thresholds(rule))
+    if row["measure"] == "diverged_share":
+        hits = round(value * n)
+        for m in range(n, 201):
+            e = stats.share(round(hits / n * m), m)
+            if all(not (e.low <= x <= e.high) for x in thresholds(rule)):
+                return str(m)
+        return "> 200"
+    if row["interval"] not in (stats.T, stats.WELCH) or not math.isfinite(high - low) or distance == 0:
+        return "-"
+    df = (lambda m: m - 1) if row["interval"] == stats.T else (lambda m: 2 * m - 2)
+    spread = (high - low) / 2 / t_dist.ppf(1 - (1 - stats.CONFIDENCE) / 2, df(n)) * math.sqrt(n)
+    for m in range(2, 1001):
+        if t_dist.ppf(1 - (1 - stats.CONFIDENCE) / 2, df(m)) * spread / math.sqrt(m) < distance:
+            return str(m)
+    return "> 1000"
+
+
 def base(verdict: str) -> str:
     return verdict.removesuffix(" (rough)")
 
 
+def close_call(row: dict, rule: dict) -> bool:
+    """Decided, but with a threshold within one interval width of the interval's nearer end."""
+    low, high = float(row["low"]), float(row["high"])
+    if base(row["verdict"]) == claims.INCONCLUSIVE or not math.isfinite(high - low):
+        return False
+    return any(min(abs(low - x), abs(high - x)) < high - low for x in thresholds(rule))
+
+
 def index(rev: str) -> str:
-    counts, changes, decided, surviving, total = [], [], 0, 0, 0
+    counts, changes, open_rows, decided, surviving, total = [], [], [], 0, 0, 0
     for study in studies():
         now = verdict_rows((study / "verdict.csv").read_text())
+        rules = {c.id: c.rule for c in claims.load(str(claims_file(study))).claims}
+        for key, v in now.items():
+            if base(v["verdict"]) == claims.INCONCLUSIVE or close_call(v, rules[key]):
+                open_rows.append(f"| {name(study)} | {v['claim']} | {v['value']} | {v['verdict']} | {v['seeds']} | "
+                                 f"{seeds_needed(v, rules[key])} |")
         tally = Counter(base(v["verdict"]) for v in now.values())
         survive = sum(v.get("family_wise") == "survives" for v in now.values())
         rough = sum(v["verdict"].endswith("(rough)") for v in now.values())
@@ -135,7 +180,16 @@ def index(rev: str) -> str:
         "today's intervals (Student t, Welch t, Clopper-Pearson, Newcombe; see bnexp/stats.py); `now` adds the "
         "claims files' rewordings since (each study's README says which rules changed and why).", "",
         f"| study | claim | at {rev} | intervals | now |", "|---|---|---|---|---|", *changes, "",
-        f"{len(changes)} of {total} claims changed.", ""]
+        f"{len(changes)} of {total} claims changed.", "",
+        "## Open verdicts, and the seeds they would need", "",
+        "Every inconclusive verdict, and every decided one with a threshold within one interval width of its "
+        "interval (a close call). `seeds needed`: per variant, the seeds at which the measured effect and spread, "
+        "kept as they are, would put the interval clear of the nearest threshold: about even odds of a decided "
+        "verdict there, and roughly twice as many seeds for 80%. For a share, the seeds at which every run "
+        "agreeing as now would decide it; \"-\" for speed-ups and P(sooner) (bootstrap and score intervals: no "
+        "closed form) and for effects at the threshold itself.", "",
+        "| study | claim | measured | verdict | seeds | seeds needed |", "|---|---|---|---|---|---|", *open_rows,
+        ""]
     return "\n".join(lines)
 
 

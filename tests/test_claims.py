@@ -103,15 +103,15 @@ def test_verdicts_from_runs_and_again_from_runs_csv_alone(bnexp, tmp_path):
     assert "# Verdicts: a hand-made study" in verdict and "computed by bnexp/claims.py from runs.csv" in verdict.lower()
     # To 0.90: baseline 6000, 5000 (median 5500), BN 1000, 1000: 5.5x; resamples give 5000-6000 / 1000.
     assert ("| BN gets there sooner | 14x | 5.50x [5.00, 6.00] | percentile bootstrap | 2 | holds above 1 "
-            "| **holds (rough)** | survives (stands to 99.99%) |") in verdict
+            "| **holds (rough)** | survives (stands to ≥ 99.99%) |") in verdict
     # 2 seeds each: 96.5 +- 0.7 against 91 +- 1.4, Welch's t with about 1.5 degrees of freedom: wide.
     assert ("| BN ends higher | +0.2 points | 5.50 [-1.42, 12.42] points | Welch t | 2 | holds above 0 "
             "| **inconclusive (rough)** | - |") in verdict
     assert "| a BN run is likely to get there first | - | 1.00 [0.18, 1.00] | Newcombe score |" in verdict
     assert "95% interval" in verdict and "Holm's correction over this study's 3 claims" in verdict
     rows = (tmp_path / "out" / "verdict.csv").read_text().splitlines()
-    assert rows[0] == ("id,claim,paper,measure,variant,baseline,target,value,low,high,seeds,interval,level,verdict,"
-                       "decided_to,family_wise") and len(rows) == 4
+    assert rows[0] == ("id,claim,paper,measure,variant,baseline,target,value,estimate,low,high,seeds,interval,level,"
+                       "verdict,decided_to,family_wise") and len(rows) == 4
     again = bnexp("report", str(tmp_path / "out" / "runs.csv"), "--claims", write(tmp_path, CLAIMS))
     assert again.returncode == 0, again.stderr
     assert "5.50x [5.00, 6.00]" in again.stdout  # the same numbers from the committed file alone
@@ -266,7 +266,24 @@ def test_unfinished_runs_are_left_out_and_said(bnexp, tmp_path):
 ])
 def test_holm_steps_down_over_the_studys_claims(decided, survives):
     claim = claims.Claim("c", "", "", "speedup", "v", None, "target", {"holds_above": 1})
-    found = claims.holm([claims.Verdict(claim, "", 0, 0, 5, "", claims.HOLDS if d else claims.INCONCLUSIVE, d)
+    found = claims.holm([claims.Verdict(claim, "", 0, 0, 0, 5, "", claims.HOLDS if d else claims.INCONCLUSIVE, d)
                          for d in decided])
     assert [v.family_wise for v in found] == [
         ("survives" if s else "does not survive") if d else "" for d, s in zip(decided, survives, strict=True)]
+
+
+def test_verdict_table_marks_verdicts_the_family_wise_check_does_not_keep(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "v.csv").write_text(
+        "id,claim,value,seeds,verdict,family_wise\n"
+        "a,kept,\"1 [0.5, 2]\",5,holds,survives\nb,lost,\"1 [0.1, 2]\",5,holds,does not survive\n"
+        "c,open,\"1 [-1, 2]\",5,inconclusive,\n")
+    script = Path(__file__).parent.parent / "scripts" / "verdict_table.py"
+    done = subprocess.run([sys.executable, script, f"M={tmp_path / 'v.csv'}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == ["| kept | 1 [0.5, 2]: **holds** (5 seeds) |",
+                                            "| lost | 1 [0.1, 2]: **holds** (5 seeds; not after Holm) |",
+                                            "| open | 1 [-1, 2]: **inconclusive** (5 seeds) |"]
