@@ -165,7 +165,10 @@ def index(rev: str) -> str:
         "# Results: every study and its verdicts", "",
         "Made by `python scripts/verdicts.py index --before " + rev + " --out results/README.md` from each "
         "study's verdict.csv (itself computed from the study's runs.csv by its claims file: `python "
-        "scripts/verdicts.py remake`). Intervals and how well they cover: [coverage.md](coverage.md).", "",
+        "scripts/verdicts.py remake`). Intervals and how well they cover: [coverage.md](coverage.md). Each "
+        "study's report.md is as its study made it: those made before 2026-12-05 print percentile-bootstrap "
+        "intervals for accuracies, which cover less than they say at 5 seeds; the verdicts here do not use "
+        "them.", "",
         "| study | claims | holds | partly | does not hold | inconclusive | decided and survive Holm | rough | seeds |",
         "|---|---|---|---|---|---|---|---|---|", *counts, "",
         f"**{total} claims, {decided} decided** (holds, partly or does not hold) at {level} each. A {level} "

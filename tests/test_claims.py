@@ -287,3 +287,20 @@ def test_verdict_table_marks_verdicts_the_family_wise_check_does_not_keep(tmp_pa
     assert done.stdout.splitlines()[2:] == ["| kept | 1 [0.5, 2]: **holds** (5 seeds) |",
                                             "| lost | 1 [0.1, 2]: **holds** (5 seeds; not after Holm) |",
                                             "| open | 1 [-1, 2]: **inconclusive** (5 seeds) |"]
+
+
+def test_every_committed_verdict_is_what_its_claims_file_computes_from_its_runs_csv():
+    """results/: each study's verdict.csv is what bnexp/claims.py decides from the study's runs.csv
+    today (`python scripts/verdicts.py remake` re-makes them); a stale or hand-edited verdict fails."""
+    import csv
+    from pathlib import Path
+
+    results = Path(__file__).parent.parent / "results"
+    studies = sorted(p.parent for p in results.glob("**/verdict.csv") if (p.parent / "runs.csv").is_file())
+    assert len(studies) >= 16
+    for study in studies:
+        rules = study / "claims.yaml" if (study / "claims.yaml").is_file() else study.parent / "claims.yaml"
+        found = claims.evaluate(claims.load(str(rules)), claims.read_runs_csv((study / "runs.csv").read_text()))
+        with open(study / "verdict.csv", newline="") as f:
+            committed = [(r["id"], r["value"], r["verdict"], r["family_wise"]) for r in csv.DictReader(f)]
+        assert committed == [(v.claim.id, v.value, v.verdict, v.family_wise) for v in found.verdicts], study
