@@ -71,6 +71,21 @@ report() {
   save_records "$sweeps" "$out" main main_fast main_failures  # committed with the study
 }
 
+ten_seeds() {  # the report of Inception, BN-Baseline, BN-x5 and Inception-x5 at 10 seeds ($out/ten_seeds)
+  "$bnexp" report "$sweeps/main" "$sweeps/main_fast" "$sweeps/main_failures" --baseline inception \
+    --targets "$targets" --claims "$claims" --out "$out/ten_seeds"
+  # Only seeds 5-9 are recorded there: seeds 0-4 are $out/records already.
+  local tmp run
+  tmp=$(mktemp -d)
+  save_records "$sweeps" "$tmp" main main_fast main_failures
+  rm -rf "$out/ten_seeds/records"
+  find "$tmp/records" -mindepth 2 -maxdepth 2 -type d -name '*trainer.seed=[5-9]' | while read -r run; do
+    mkdir -p "$out/ten_seeds/records/$(basename "$(dirname "$run")")"
+    cp -r "$run" "$out/ten_seeds/records/$(basename "$(dirname "$run")")/"
+  done
+  rm -rf "$tmp"
+}
+
 case "${1:-}" in
   lr_sweep)  # MNIST's was made on configs/scale/inception_mnist_cpu (decay every 60 steps)
     if [[ $data == mnist ]]; then sweep=(scale=inception_mnist_cpu); else
@@ -96,6 +111,9 @@ case "${1:-}" in
     "$python" scripts/same_seed.py "$sweeps/main_fast" "$sweeps/speed" --out "$out/speed.md" ;;
   fast|failures|slow) "$1" "${@:2}" ;;
   report) report ;;
+  ten_seeds) ten_seeds ;;  # after: SEEDS=5,6,7,8,9 MODELS=bn_x5 ... fast, MODELS=inception_x5 failures,
+                           # MODELS=inception,bn_baseline slow (results/inception_<data>/ten_seeds/README.md)
   main) fast "${@:2}"; failures "${@:2}"; slow "${@:2}"; report ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 lr_sweep | pilot | main | fast | failures | slow | report | speed" >&2; exit 2 ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 lr_sweep | pilot | main | fast | failures | slow | report | speed | ten_seeds" >&2
+     exit 2 ;;
 esac

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "remake":
             return remake()
         if git_show(args.before, ROOT / "README.md") is None:
-            raise UserError(f"verdicts: error: no commit {args.before!r} in this checkout")
+            raise UserError(f"no commit {args.before!r} in this checkout")
         text = index(args.before)
     except UserError as e:
         print(e, file=sys.stderr)
