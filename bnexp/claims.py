@@ -106,6 +106,17 @@ class Verdicts:
     provenance: list[str]  # where the rules and the runs come from (git commits), for verdict.md
 
 
+def study_claims(folder: Path) -> Path:
+    """The claims file that decides a study folder of results/: its own claims.yaml, or the nearest
+    one above it (bn_lr/claims.yaml decides bn_lr/mnist and bn_lr/mnist/ten_seeds)."""
+    for parent in (folder, *folder.parents):
+        if (parent / "claims.yaml").is_file():
+            return parent / "claims.yaml"
+        if parent.name == "results":
+            break
+    raise UserError(f"{folder}: no claims.yaml in it or in a folder above it")
+
+
 def load(name: str) -> ClaimsFile:
     """A claims file by path, or a study's by its name (results/<name>/claims.yaml in a source
     checkout, e.g. bn_lr or schedule/mnist)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MLP studies' open claims at 10 seeds (results/bn_<study>/<data>_10_seeds): the settings that
+# The MLP studies' open claims at 10 seeds (results/bn_<study>/<data>/ten_seeds): the settings that
 # the claims 5 seeds leave open (results/README.md, "Open verdicts") read, trained as one replicated
 # run of 10 seeds each (Fashion-MNIST's init study too; MNIST's dropout study, whose seeds train one
 # by one), then decided by the study's own claims file, or, for bn_depth, of which only the 100-layer
@@ -27,7 +27,7 @@ t() {  # STUDY OVERRIDES...: one sweep of the study's experiment
 }
 report() {  # STUDY BASELINE CLAIMS
   "$bnexp" report "$sweeps/bn_$1_$data" --baseline "$2" --targets "$targets" --claims "$3" \
-    --out "results/bn_$1/${data}_10_seeds"
+    --out "results/bn_$1/$data/ten_seeds"
 }
 
 case "${1:-}" in
@@ -53,7 +53,7 @@ case "${1:-}" in
     report lr "norm=none,optim.lr=0.1" results/bn_lr/claims.yaml
     report placement "model.activation=relu,norm=none,norm.position=-" results/bn_placement/claims.yaml
     report depth "model.depth=4,model.residual=False,model.skipinit=False,norm=none" \
-      "results/bn_depth/${data}_10_seeds/claims.yaml"
+      "results/bn_depth/$data/ten_seeds/claims.yaml"
     if [[ $data == fashion_mnist ]]; then
       report init "model.init_std=0.1,norm=none" results/bn_init/claims.yaml
     else

@@ -39,13 +39,6 @@ def studies() -> list[Path]:
     return sorted(p.parent for p in RESULTS.glob("**/verdict.csv") if (p.parent / "runs.csv").is_file())
 
 
-def claims_file(study: Path) -> Path:
-    for path in (study / "claims.yaml", study.parent / "claims.yaml"):
-        if path.is_file():
-            return path
-    raise UserError(f"{study}: no claims.yaml in it or its parent")
-
-
 def name(study: Path) -> str:
     return str(study.relative_to(RESULTS))
 
@@ -59,7 +52,7 @@ def remake() -> int:
     from bnexp.report import main as report
 
     for study in studies():  # paths relative to the checkout, as verdict.md shows them
-        runs_csv, rules, out = (p.relative_to(ROOT) for p in (study / "runs.csv", claims_file(study), study))
+        runs_csv, rules, out = (p.relative_to(ROOT) for p in (study / "runs.csv", claims.study_claims(study), study))
         if report([str(runs_csv), "--claims", str(rules), "--out", str(out)]) != 0:
             return 2
     return 0
@@ -134,7 +127,7 @@ def index(rev: str) -> str:
     counts, changes, open_rows, decided, surviving, total = [], [], [], 0, 0, 0
     for study in studies():
         now = verdict_rows((study / "verdict.csv").read_text())
-        rules = {c.id: c.rule for c in claims.load(str(claims_file(study))).claims}
+        rules = {c.id: c.rule for c in claims.load(str(claims.study_claims(study))).claims}
         for key, v in now.items():
             if base(v["verdict"]) == claims.INCONCLUSIVE or close_call(v, rules[key]):
                 open_rows.append(f"| {name(study)} | {v['claim']} | {v['value']} | {v['verdict']} | {v['seeds']} | "

@@ -299,8 +299,22 @@ def test_every_committed_verdict_is_what_its_claims_file_computes_from_its_runs_
     studies = sorted(p.parent for p in results.glob("**/verdict.csv") if (p.parent / "runs.csv").is_file())
     assert len(studies) >= 16
     for study in studies:
-        rules = study / "claims.yaml" if (study / "claims.yaml").is_file() else study.parent / "claims.yaml"
-        found = claims.evaluate(claims.load(str(rules)), claims.read_runs_csv((study / "runs.csv").read_text()))
+        rules = claims.load(str(claims.study_claims(study)))
+        found = claims.evaluate(rules, claims.read_runs_csv((study / "runs.csv").read_text()))
         with open(study / "verdict.csv", newline="") as f:
             committed = [(r["id"], r["value"], r["verdict"], r["family_wise"]) for r in csv.DictReader(f)]
         assert committed == [(v.claim.id, v.value, v.verdict, v.family_wise) for v in found.verdicts], study
+
+
+def test_a_study_folder_is_decided_by_the_nearest_claims_file_above_it(tmp_path):
+    results = tmp_path / "results"
+    (results / "study" / "mnist" / "ten_seeds").mkdir(parents=True)
+    (results / "study" / "claims.yaml").write_text("study: s\nclaims: []\n")
+    assert claims.study_claims(results / "study" / "mnist" / "ten_seeds") == results / "study" / "claims.yaml"
+    (results / "study" / "mnist" / "ten_seeds" / "claims.yaml").write_text("study: t\nclaims: []\n")
+    assert claims.study_claims(results / "study" / "mnist" / "ten_seeds") == (
+        results / "study" / "mnist" / "ten_seeds" / "claims.yaml")
+    (results / "other").mkdir()
+    (tmp_path / "claims.yaml").write_text("study: outside results\nclaims: []\n")  # never looked at
+    with pytest.raises(UserError, match="no claims.yaml"):
+        claims.study_claims(results / "other")
