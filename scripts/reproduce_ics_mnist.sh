@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Does BN reduce internal covariate shift? Santurkar et al.'s (2018) ICS and loss-landscape probes
 # on the paper's Figure 1 MLP (MNIST, 3 x 100 sigmoid, 50,000 steps of 60), without BN, with BN and
-# with "noisy" BN, 3 seeds each, at the Figure 1 learning rate (2.0) and a low one (0.05). Both
-# probes every 250 steps on the step's own batch (they do not change the runs). Reports, figures
-# and the verdict table into results/ics_mnist.
+# with "noisy" BN, 5 seeds each, at the Figure 1 learning rate (2.0) and a low one (0.05). Both
+# probes every 250 steps on the step's own batch (they do not change the runs). Reports, figures,
+# runs.csv with each probe's median per phase of training, and the verdicts of
+# results/ics_mnist/claims.yaml into results/ics_mnist/lr_<lr>.
 #
-#   bash scripts/reproduce_ics_mnist.sh        # 18 runs, about 40 minutes on 2 CPU cores
+#   bash scripts/reproduce_ics_mnist.sh train [overrides]   # 30 runs; LRS="2.0" or "0.05": one lane
+#   bash scripts/reproduce_ics_mnist.sh report
 #   bash scripts/reproduce_ics_mnist.sh conv   # the conv-net check: Inception vs BN-Baseline (scaled,
 #                                              # 1,500 steps, 2 seeds each, probes every 50 steps)
 #
@@ -29,9 +31,16 @@ if [ "${1:-}" = conv ]; then
   exit
 fi
 
-for lr in 2.0 0.05; do
-  "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=$lr trainer.seed=0,1,2 \
-    probes.ics_every=250 probes.landscape_every=250 trainer.progress=false hydra.sweep.dir="$sweeps/lr_$lr" "$@"
-  "$bnexp" report "$sweeps/lr_$lr" --baseline norm=none --targets 0.97,0.98 --out "$out/lr_$lr"
-done
-"$python" scripts/ics_verdict.py "$sweeps/lr_2.0" "$sweeps/lr_0.05" --out "$out/verdict.md"
+case "${1:-}" in
+  train)
+    for lr in ${LRS:-2.0 0.05}; do
+      "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=$lr trainer.seed=0,1,2,3,4 \
+        probes.ics_every=250 probes.landscape_every=250 trainer.progress=false hydra.sweep.dir="$sweeps/lr_$lr" "${@:2}"
+    done ;;
+  report)  # phases: early (steps 1-2,500) and late (25,001-50,000), as the claims file names them
+    for lr in 2.0 0.05; do
+      "$bnexp" report "$sweeps/lr_$lr" --baseline norm=none --targets 0.97,0.98 --phases 1-2500,25001-50000 \
+        --claims "$out/claims.yaml" --out "$out/lr_$lr"
+    done ;;
+  *) echo "usage: $0 train [overrides] | report | conv [overrides]" >&2; exit 2 ;;
+esac
