@@ -12,7 +12,7 @@ A claims file (results/<study>/claims.yaml, or any path):
         measure: speedup          # speedup | p_sooner | best_accuracy | final_accuracy
                                   # | best_accuracy_gain | final_accuracy_gain | diverged_share
                                   # | train_test_gap | train_test_gap_gain | variance_shift
-                                  # | variance_shift_gain | init_grad_orders
+                                  # | variance_shift_gain | init_grad_orders | probe | probe_gain
         variant: norm=batch       # as the report names variants
         baseline: norm=none       # for speedup, p_sooner and the gains (default: the report's)
         target: every_seed        # speedup, p_sooner: target (the baseline's mean best), every_seed (its
@@ -24,7 +24,10 @@ is the final train_set accuracy minus the final test accuracy, in points (traine
 variance_shift the most shifted BN layer's ratio (probes.variance_shift), and variance_shift_gain
 the variant's ratio minus the baseline's (what dropout adds to a net's own shift); init_grad_orders
 the log10 of the first weight layer's gradient norm over the last one's at the initial weights
-(probes.grad_every): 2 means the first layer's gradient is 100x the last layer's.
+(probes.grad_every): 2 means the first layer's gradient is 100x the last layer's. probe and
+probe_gain read the runs.csv column a claim names as `probe: ics/hidden3/cos@1-2500`: a step probe's
+median over a phase of training (bnexp report --phases 1-2500); the mean over seeds (Student t), or
+the variant's minus the baseline's (Welch t).
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
 `partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). An
@@ -58,7 +61,7 @@ from bnexp.errors import UserError
 
 MEASURES = ("speedup", "p_sooner", "best_accuracy", "final_accuracy", "best_accuracy_gain", "final_accuracy_gain",
             "diverged_share", "train_test_gap", "train_test_gap_gain", "variance_shift", "variance_shift_gain",
-            "init_grad_orders")
+            "init_grad_orders", "probe", "probe_gain")
 BASELINE_TARGETS = ("target", "every_seed")  # steps to these are counted to the report's baseline's bests
 HOLDS, PARTLY, NOT, INCONCLUSIVE = "holds", "partly", "does not hold", "inconclusive"
 FINISHED = ("completed", "diverged")  # the runs a verdict counts
@@ -75,6 +78,7 @@ class Claim:
     baseline: str | None
     target: str  # one of BASELINE_TARGETS, or a fixed accuracy as runs.csv names its column ("0.9")
     rule: dict
+    probe: str | None = None  # probe, probe_gain: the runs.csv column they read ("ics/hidden3/cos@1-2500")
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,14 @@ def load(name: str) -> ClaimsFile:
         if target not in BASELINE_TARGETS and not (_is_number(target) and 0 < float(target) <= 1):
             raise UserError(f"{where}: target must be target (the baseline's mean best), every_seed (its lowest "
                             f"best) or an accuracy in (0, 1], got {target!r}")
+        probe = c.get("probe")
+        if (c["measure"] in ("probe", "probe_gain")) != (probe is not None):
+            raise UserError(f"{where}: probe (a runs.csv column, <tag>@<first>-<last>) goes with measure probe or "
+                            "probe_gain, and only with them")
         claims.append(Claim(str(c.get("id", i + 1)), str(c.get("claim", "")), str(c.get("paper", "")), c["measure"],
                             str(c.get("variant", "")), c.get("baseline"),
-                            target if target in BASELINE_TARGETS else f"{float(target):g}", rule))
+                            target if target in BASELINE_TARGETS else f"{float(target):g}", rule,
+                            None if probe is None else str(probe)))
     if not claims:
         raise UserError(f"{path} declares no claims")
     ids = [c.id for c in claims]
@@ -229,14 +238,22 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
         column = f"steps_to_{claim.target}"
         if steps and column not in rows[0]:
             raise UserError(f"claim {claim.id}: runs.csv has no {column}: add {claim.target} to the report's --targets")
-        needed = PROBE_COLUMN.get(claim.measure)
+        needed = claim.probe or PROBE_COLUMN.get(claim.measure)
         read = [claim.variant, *([baseline] if claim.measure.endswith("_gain") else [])]
+        if claim.probe and claim.probe not in rows[0]:
+            phase = claim.probe.rpartition("@")[2]
+            raise UserError(f"claim {claim.id}: runs.csv has no {claim.probe}: make the report with --phases {phase} "
+                            "from runs that took the ICS and landscape probes")
+        if claim.probe and not all(r.get(needed) for name in read for r in by_variant[name]):
+            raise UserError(f"claim {claim.id}: {claim.probe} is empty in some runs of {' and '.join(map(repr, read))} "
+                            "(no probed step in that phase)")
         if needed and not all(r.get(needed) for name in read for r in by_variant[name]):
             raise UserError(f"claim {claim.id}: {claim.measure} needs {needed} in every run of "
                             f"{' and '.join(map(repr, read))}: train them with {PROBE_SETTING[needed]}")
 
         def at(level: float, claim=claim, baseline=baseline, column=column):
-            return measure(claim.measure, by_variant[claim.variant], by_variant[baseline], column, level)
+            return measure(claim.measure, by_variant[claim.variant], by_variant[baseline], claim.probe or column,
+                           level)
 
         value, estimate, low, high, n, method = at(stats.CONFIDENCE)
         verdict = decide(claim.rule, low, high)
@@ -329,6 +346,11 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str,
     elif name == "p_sooner":
         e = stats.probability_of_improvement(censored(base, column), censored(runs, column), level)
         shown = stats.fmt_estimate(e, 1, 2)
+    elif name in ("probe", "probe_gain"):  # column: the probe's runs.csv column
+        values = column_values(column)
+        e = (stats.difference(values(runs), values(base), level) if name == "probe_gain"
+             else stats.mean(values(runs), level))
+        shown = f"{significant(e.value)} [{significant(e.low)}, {significant(e.high)}]"
     else:
         values, unit, scale, digits, how = VALUES[name]
         if name.endswith("_gain"):
@@ -337,6 +359,10 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str,
             e = stats.mean(values(runs), level, **how)
         shown = stats.fmt_estimate(e, scale, digits) + unit
     return shown, e.value, e.low, e.high, e.n, e.method
+
+
+def significant(x: float) -> str:  # probes span orders of magnitude: three significant digits
+    return {math.inf: "∞", -math.inf: "-∞"}.get(x, f"{x:.3g}")
 
 
 def column_values(key: str):

@@ -44,13 +44,17 @@ def silent_keys(runs: list[Run]) -> set[str]:
     return {k for k, values in present.items() if len(values) == 1 and any(k not in r.config for r in runs)}
 
 
-def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
-    """Variants named by the config keys that tell them apart ("norm=batch"), in a stable order."""
+def group_variants(runs: list[Run], names: list[str] | None = None) -> dict[str, list[Run]]:
+    """Variants named by the config keys that tell them apart ("norm=batch"), in a stable order; or
+    by `names` alone (--variant-keys), where the other differences follow from them (a batch size's
+    own steps and learning rate): two variants those keys cannot tell apart are refused."""
     ignored = silent_keys(runs) | NOT_THE_VARIANT
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[tuple(sorted((k, str(v)) for k, v in run.config.items() if k not in ignored))].append(run)
     keys = list(groups)
+    if names:
+        return named_variants(groups, names)
     differing = {k for key in keys for k, v in key if any(dict(other).get(k) != v for other in keys)}
     def varies_within_its_group(k: str) -> bool:
         group = f"{k.rsplit('.', 1)[0]}.name"
@@ -81,6 +85,30 @@ def group_variants(runs: list[Run]) -> dict[str, list[Run]]:
         return tuple((0, float(v), "") if _is_number(v) else (1, 0.0, v) for v in values)
 
     return {label(k): sorted(groups[k], key=lambda r: (str(r.seed), str(r.path))) for k in sorted(keys, key=natural)}
+
+
+def named_variants(groups: dict[tuple, list[Run]], names: list[str]) -> dict[str, list[Run]]:
+    known = {k for key in groups for k, _ in key}
+    if unknown := [k for k in names if k not in known]:
+        raise UserError(f"--variant-keys: no run has {', '.join(unknown)} (name options as the runs' configs do: "
+                        "norm.name, trainer.batch_size)")
+    labelled: dict[str, tuple] = {}
+    for key in groups:
+        config = dict(key)
+        label = ",".join(f"{k.removesuffix('.name')}={config.get(k, '-')}" for k in names)
+        if label in labelled:
+            other = dict(labelled[label])
+            apart = sorted(k for k in set(config) | set(other) if config.get(k) != other.get(k))
+            raise UserError(f"--variant-keys {','.join(names)}: variant {label} holds runs that also differ in "
+                            f"{', '.join(apart)}; add those keys")
+        labelled[label] = key
+
+    def natural(label: str) -> tuple:  # batch 2 before batch 16
+        config = dict(labelled[label])
+        return tuple((0, float(v), "") if _is_number(v := config.get(k, "")) else (1, 0.0, v) for k in names)
+
+    return {label: sorted(groups[labelled[label]], key=lambda r: (str(r.seed), str(r.path)))
+            for label in sorted(labelled, key=natural)}
 
 
 def _is_number(text: str) -> bool:
@@ -253,16 +281,23 @@ def write_csv(rows: list[dict], fixed_targets: list[float], path: Path) -> None:
         writer.writerows(flat_rows)
 
 
-def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float]) -> str:
+def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: list[float],
+             phases: list[tuple[int, int]] = ()) -> str:
     """runs.csv's text: one row per run, so that any statistic of the report can be recomputed from it alone:
     steps_to_<target> is the first evaluated step at or above it, empty where the run never got
     there (censored at last_evaluated_step); steps_to_target is the baseline's mean best (or
-    --target), steps_to_every_seed its lowest best, as the report's targets A and B."""
+    --target), steps_to_every_seed its lowest best, as the report's targets A and B. With `phases`
+    (--phases), each step probe's median over the run's probed steps in each phase: `<tag>@<first>-<last>`."""
     # The two baseline targets by their role (their values are in report.md), then the fixed ones.
     targets = {**rows[0]["targets"], **{f"{t:g}": t for t in fixed_targets}}
     fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
               "final_accuracy", "final_step", "last_evaluated_step", *(f"steps_to_{k}" for k in targets),
               "diverged_at_step", *PROBE_COLUMNS, "wall_time_s", "eval_time_s", "git_commit", "git_dirty"]
+    tags = sorted({t for runs in variants.values() for r in runs for t in r.curves if t.startswith(STEP_PROBES)})
+    if phases and not tags:
+        raise UserError("--phases summarizes the ICS and landscape probes, and no run took them "
+                        "(probes.ics_every, probes.landscape_every)")
+    fields += [phase_column(t, phase) for t in tags for phase in phases]
     root = common_parent([r.path for runs in variants.values() for r in runs])
     baseline = next(r["variant"] for r in rows if r["baseline"])
     text = io.StringIO()
@@ -280,6 +315,7 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
                 "last_evaluated_step": r.accuracy[-1][0],
                 **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
                 **probe_columns(r),
+                **{phase_column(t, phase): phase_median(r, t, phase) for t in tags for phase in phases},
                 **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
                                                "git_dirty")},
             })
@@ -287,6 +323,16 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
 
 
 PROBE_COLUMNS = ("final_train_accuracy", "variance_shift", "init_grad_ratio")
+
+
+def phase_column(tag: str, phase: tuple[int, int]) -> str:
+    return f"{tag}@{phase[0]}-{phase[1]}"
+
+
+def phase_median(run: Run, tag: str, phase: tuple[int, int]) -> float | None:
+    """A step probe's median over the run's probed steps in a phase (inclusive); none if it has none."""
+    values = [v for step, v in run.curves.get(tag, {}).items() if phase[0] <= step <= phase[1] and math.isfinite(v)]
+    return statistics.median(values) if values else None
 
 
 def probe_columns(run: Run) -> dict[str, float | None]:
@@ -443,6 +489,18 @@ def accuracy_argument(text: str) -> float:
     return targets[0]
 
 
+def phases_argument(text: str) -> list[tuple[int, int]]:
+    phases = []
+    for part in filter(None, text.split(",")):
+        first, sep, last = part.partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            raise argparse.ArgumentTypeError(f"expected step ranges FIRST-LAST (1-2500,25001-50000), got {part!r}")
+        phases.append((int(first), int(last)))
+    if not phases:
+        raise argparse.ArgumentTypeError("expected at least one step range FIRST-LAST")
+    return phases
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bnexp report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweeps, or folders of them")
@@ -458,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write report.md, report.csv, runs.csv, curves.csv, figures, "
                         "tensorboard/ (each variant's mean and range over seeds) and, where runs took the ICS "
                         "or landscape probes, probes.csv, ics.png and landscape.png here")
+    parser.add_argument("--variant-keys", type=lambda text: [k for k in text.split(",") if k], metavar="KEYS",
+                        help="name variants by these options alone (norm.name,trainer.batch_size), where the other "
+                        "differences follow from them")
+    parser.add_argument("--phases", type=phases_argument, default=[], metavar="A-B,...",
+                        help="runs.csv gains each ICS / landscape probe's median over the steps of each phase, "
+                        "as <tag>@A-B (e.g. 1-2500,25001-50000), for claims on them")
     parser.add_argument("--versus", metavar="KEY", help="with --out: versus.png, each variant's best accuracy "
                         "(mean over seeds, 95%% interval) against this numeric option (e.g. model.init_std), one "
                         "line per setting of the others, and the init gradient ratio where runs probed it")
@@ -500,7 +564,7 @@ def report(args: argparse.Namespace) -> int:
         print(f"bnexp report: error: no readable runs under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 2
 
-    variants = group_variants(runs)
+    variants = group_variants(runs, args.variant_keys)
     baseline = pick_baseline(variants, args.baseline)
     variants = {baseline: variants[baseline], **variants}  # the baseline first, as in the paper's tables
     rows = summarize(variants, baseline, args.target, fixed_targets)
@@ -521,7 +585,7 @@ def report(args: argparse.Namespace) -> int:
     if left_out:
         lines += ["Left out (not readable):", *(f"- {path}: {why}" for path, why in left_out), ""]
     text = "\n".join(lines)
-    per_run = runs_csv(variants, rows, fixed_targets)
+    per_run = runs_csv(variants, rows, fixed_targets, args.phases)
     # The verdicts come from runs.csv's text, the file a reader recomputes them from.
     found = evaluate_claims(claims, read_runs_csv(per_run)) if claims else None
     versus = versus_points(variants, args.versus) if args.versus else None

@@ -27,7 +27,7 @@ if [ "${1:-}" = conv ]; then
     trainer.eval_schedule=every trainer.eval_every=250 trainer.seed=0,1 probes.ics_every=50 \
     probes.landscape_every=50 trainer.progress=false hydra.sweep.dir="$sweeps/inception" "${@:2}"
   "$bnexp" report "$sweeps/inception" --baseline inception --out "$out/inception"
-  "$python" scripts/ics_verdict.py "$sweeps/inception" --phases 1-300,751-1500 --out "$out/inception/verdict.md"
+  "$python" scripts/ics_medians.py "$sweeps/inception" --phases 1-300,751-1500 --out "$out/inception/verdict.md"
   exit
 fi
 
@@ -41,6 +41,7 @@ case "${1:-}" in
     for lr in 2.0 0.05; do
       "$bnexp" report "$sweeps/lr_$lr" --baseline norm=none --targets 0.97,0.98 --phases 1-2500,25001-50000 \
         --claims "$out/claims.yaml" --out "$out/lr_$lr"
-    done ;;
+    done
+    "$python" scripts/ics_medians.py "$sweeps/lr_2.0" "$sweeps/lr_0.05" --out "$out/medians.md" ;;
   *) echo "usage: $0 train [overrides] | report | conv [overrides]" >&2; exit 2 ;;
 esac

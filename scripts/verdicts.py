@@ -5,8 +5,10 @@ the claims whose verdict changed since a given commit.
     python scripts/verdicts.py remake                                   # every study, from its runs.csv
     python scripts/verdicts.py index --before 70268e4 --out results/README.md
 
-A study is a folder of results/ holding runs.csv and verdict.csv; its claims file is the folder's
-claims.yaml, or its parent's (one claims file for a study's two datasets). `index --before REV`
+A study is a folder of results/ holding runs.csv and verdict.csv, decided by the nearest claims.yaml
+at or above it (one claims file for a study's two datasets). A study's `ten_seeds` folder is its
+follow-up: the settings its open claims read, at 10 seeds; the index sets those verdicts beside the
+5-seed ones rather than counting them as a study of their own. `index --before REV`
 compares each verdict with the one committed at REV in two steps: REV's claims file decided by
 today's intervals (what the intervals alone changed), then today's claims file (what a reworded
 rule changed).
@@ -35,8 +37,16 @@ RESULTS = ROOT / "results"
 VERDICTS = (claims.HOLDS, claims.PARTLY, claims.NOT, claims.INCONCLUSIVE)
 
 
+FOLLOW_UP = "ten_seeds"  # a study's follow-up folder: its open claims at 10 seeds
+
+
 def studies() -> list[Path]:
     return sorted(p.parent for p in RESULTS.glob("**/verdict.csv") if (p.parent / "runs.csv").is_file())
+
+
+def follow_up(study: Path) -> dict[str, dict]:
+    path = study / FOLLOW_UP / "verdict.csv"
+    return verdict_rows(path.read_text()) if path.is_file() else {}
 
 
 def name(study: Path) -> str:
@@ -124,14 +134,24 @@ def close_call(row: dict, rule: dict) -> bool:
 
 
 def index(rev: str) -> str:
-    counts, changes, open_rows, decided, surviving, total = [], [], [], 0, 0, 0
-    for study in studies():
-        now = verdict_rows((study / "verdict.csv").read_text())
+    counts, changes, open_rows, later, new_studies = [], [], [], [], []
+    decided = surviving = total = decided_later = 0
+    for study in (s for s in studies() if s.name != FOLLOW_UP):
+        now, ten = verdict_rows((study / "verdict.csv").read_text()), follow_up(study)
         rules = {c.id: c.rule for c in claims.load(str(claims.study_claims(study))).claims}
         for key, v in now.items():
             if base(v["verdict"]) == claims.INCONCLUSIVE or close_call(v, rules[key]):
+                at_ten = f"{ten[key]['value']}: {ten[key]['verdict']}" if key in ten else "-"
                 open_rows.append(f"| {name(study)} | {v['claim']} | {v['value']} | {v['verdict']} | {v['seeds']} | "
-                                 f"{seeds_needed(v, rules[key])} |")
+                                 f"{seeds_needed(v, rules[key])} | {at_ten} |")
+                if key in ten:
+                    still = base(ten[key]["verdict"]) == claims.INCONCLUSIVE
+                    holm = " (not after Holm)" if ten[key].get("family_wise") == "does not survive" else ""
+                    later.append(f"| {name(study)} | {v['claim']} | {v['value']}: **{v['verdict']}** | "
+                                 f"{ten[key]['value']}: **{ten[key]['verdict']}**{holm} | "
+                                 f"{seeds_needed(ten[key], rules[key]) if still else '-'} |")
+        latest = {key: ten.get(key, v) for key, v in now.items()}
+        decided_later += sum(base(v["verdict"]) != claims.INCONCLUSIVE for v in latest.values())
         tally = Counter(base(v["verdict"]) for v in now.values())
         survive = sum(v.get("family_wise") == "survives" for v in now.values())
         rough = sum(v["verdict"].endswith("(rough)") for v in now.values())
@@ -141,9 +161,13 @@ def index(rev: str) -> str:
         surviving += survive
         counts.append(f"| [{name(study)}]({name(study)}/verdict.md) | {len(now)} | "
                       + " | ".join(str(tally[v]) for v in VERDICTS) + f" | {survive} | {rough} | "
-                      + "-".join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds)) + " |")
-        before = verdict_rows(git_show(rev, study / "verdict.csv") or "id\n")
-        middle = at_rev_rules(study, rev)
+                      + "-".join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))
+                      + (f" ([10]({name(study)}/{FOLLOW_UP}/verdict.md))" if ten else "") + " |")
+        before_text = git_show(rev, study / "verdict.csv")
+        if before_text is None:
+            new_studies.append(f"{name(study)} ({len(now)} claims)")
+            continue
+        before, middle = verdict_rows(before_text), at_rev_rules(study, rev)
         for key, v in now.items():
             was, mid = before.get(key), middle.get(key)
             if was is None:
@@ -169,23 +193,31 @@ def index(rev: str) -> str:
         f"decided verdicts a few (up to about {(1 - stats.CONFIDENCE) * decided:.0f}, if every one sat at its "
         "threshold) are expected to be wrong by chance alone. Each verdict.csv says, in `family_wise`, whether a "
         "decided verdict survives Holm's step-down correction over its own study's claims (the interval widened "
-        f"until the verdict no longer stands; `decided_to` is that level): {surviving} of the {decided} do.", "",
+        f"until the verdict no longer stands; `decided_to` is that level): {surviving} of the {decided} do. "
+        f"With the 10-seed verdicts below in place of their 5-seed ones, {decided_later} of the {total} are decided.",
+        "",
         f"## Verdicts that changed since {rev}", "",
         f"At {rev} every interval was a percentile bootstrap (about 83% coverage at 5 seeds for a mean; a zero-width "
         "[0, 0] or [1, 1] for a share where all runs agree). `intervals` is the same claims file decided with "
         "today's intervals (Student t, Welch t, Clopper-Pearson, Newcombe; see bnexp/stats.py); `now` adds the "
         "claims files' rewordings since (each study's README says which rules changed and why).", "",
         f"| study | claim | at {rev} | intervals | now |", "|---|---|---|---|---|", *changes, "",
-        f"{len(changes)} of {total} claims changed.", "",
+        f"{len(changes)} of the claims that had a verdict at {rev} changed."
+        + (f" New since {rev}, with no earlier verdicts: {', '.join(new_studies)}." if new_studies else ""), "",
         "## Open verdicts, and the seeds they would need", "",
         "Every inconclusive verdict, and every decided one with a threshold within one interval width of its "
         "interval (a close call). `seeds needed`: per variant, the seeds at which the measured effect and spread, "
         "kept as they are, would put the interval clear of the nearest threshold: about even odds of a decided "
         "verdict there, and roughly twice as many seeds for 80%. For a share, the seeds at which every run "
         "agreeing as now would decide it; \"-\" for speed-ups and P(sooner) (bootstrap and score intervals: no "
-        "closed form) and for effects at the threshold itself.", "",
-        "| study | claim | measured | verdict | seeds | seeds needed |", "|---|---|---|---|---|---|", *open_rows,
-        ""]
+        "closed form) and for effects at the threshold itself. `at 10 seeds`: the claim's verdict in the study's "
+        f"{FOLLOW_UP}/ folder, where its settings were trained again with 10 seeds (seeds 0-9).", "",
+        "| study | claim | measured | verdict | seeds | seeds needed | at 10 seeds |", "|---|---|---|---|---|---|---|",
+        *open_rows, "",
+        "## The open verdicts at 10 seeds", "",
+        f"Each open verdict above whose settings have a {FOLLOW_UP}/ folder, at 5 and at 10 seeds; `seeds needed` as "
+        "above, from the 10-seed effect and spread, where the claim is still inconclusive at 10.", "",
+        "| study | claim | 5 seeds | 10 seeds | seeds needed |", "|---|---|---|---|---|", *later, ""]
     return "\n".join(lines)
 
 

@@ -318,3 +318,55 @@ def test_a_study_folder_is_decided_by_the_nearest_claims_file_above_it(tmp_path)
     (tmp_path / "claims.yaml").write_text("study: outside results\nclaims: []\n")  # never looked at
     with pytest.raises(UserError, match="no claims.yaml"):
         claims.study_claims(results / "other")
+
+
+PHASE_CLAIMS = """study: probes by phase
+claims:
+  - {id: steadier, claim: BN's gradient turns less early, paper: "-", measure: probe_gain, variant: norm=batch,
+     baseline: norm=none, probe: "ics/hidden3/cos@1-200", rule: {holds_above: 0}}
+  - {id: cos, claim: BN's cos late, paper: "-", measure: probe, variant: norm=batch,
+     probe: "ics/hidden3/cos@201-400", rule: {holds_above: 0.5}}
+"""
+
+
+def test_probe_medians_by_phase_and_the_claims_that_read_them(bnexp, tmp_path):
+    """--phases: runs.csv gains each step probe's median over a phase's probed steps (inclusive);
+    probe and probe_gain claims read those columns (Student t, Welch t)."""
+    runs = tmp_path / "runs"
+    for seed in range(3):
+        path = make_run(runs, f"b{seed}", "batch", seed, {0: 0.1, 400: 0.95})
+        add_scalars(path, [(1, "ics/hidden3/cos", 0.8 + seed / 100), (100, "ics/hidden3/cos", 0.9),
+                           (200, "ics/hidden3/cos", 1.0), (300, "ics/hidden3/cos", 0.7 + seed / 10),
+                           (100, "landscape/loss_range", 2.0), (1, "ics/hidden3/l2", 0.1)])
+        path = make_run(runs, f"a{seed}", "none", seed, {0: 0.1, 400: 0.9})
+        add_scalars(path, [(1, "ics/hidden3/cos", 0.5), (200, "ics/hidden3/cos", 0.6 + seed / 10),
+                           (201, "ics/hidden3/cos", 0.99), (300, "ics/hidden3/cos", 0.4), (1, "ics/hidden3/l2", 0.2)])
+    done = bnexp("report", str(runs), "--phases", "1-200,201-400", "--claims", write(tmp_path, PHASE_CLAIMS),
+                 "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    rows = {r["run"]: r for r in claims.read_runs_csv((tmp_path / "out" / "runs.csv").read_text())}
+    assert float(rows["b2"]["ics/hidden3/cos@1-200"]) == pytest.approx(0.9)  # median of 0.82, 0.9, 1.0
+    assert float(rows["a1"]["ics/hidden3/cos@1-200"]) == pytest.approx(0.6)  # median of 0.5, 0.7
+    assert float(rows["a0"]["ics/hidden3/cos@201-400"]) == pytest.approx((0.99 + 0.4) / 2)
+    assert rows["a0"]["landscape/loss_range@1-200"] == ""  # a probe the run did not take
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    # BN 0.9 in every seed, none 0.55, 0.6, 0.65 (medians): +0.3, Welch t on 3 seeds each.
+    assert "| BN's gradient turns less early | - | 0.3 [" in verdict and "| Welch t | 3 |" in verdict
+    # 0.7, 0.8, 0.9: 0.8 ± t(2) 4.30 x 0.1 / sqrt(3)
+    assert "| BN's cos late | - | 0.8 [0.552, 1.05] | Student t | 3 | holds above 0.5 | **holds (rough)**" in verdict
+    # A phase the report was not asked for: one line, nothing written.
+    done = bnexp("report", str(runs), "--phases", "1-100", "--claims", write(tmp_path, PHASE_CLAIMS),
+                 "--out", str(tmp_path / "out2"))
+    assert done.returncode == 2 and not (tmp_path / "out2").exists()
+    assert "runs.csv has no ics/hidden3/cos@1-200: make the report with --phases 1-200" in done.stderr
+    for bad in ("200-1", "1-x", ""):
+        assert bnexp("report", str(runs), "--phases", bad).returncode == 2
+
+
+def test_phases_without_step_probes_and_a_probe_without_its_measure_are_refused(bnexp, tmp_path):
+    make_run(tmp_path / "runs", "a0", "none", 0, {0: 0.1, 100: 0.9})
+    done = bnexp("report", str(tmp_path / "runs"), "--phases", "1-100")
+    assert done.returncode == 2 and "no run took them" in done.stderr
+    wrong = PHASE_CLAIMS.replace("measure: probe_gain", "measure: best_accuracy_gain")
+    with pytest.raises(UserError, match="probe .* goes with measure probe or probe_gain"):
+        claims.load(write(tmp_path, wrong))

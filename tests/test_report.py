@@ -206,3 +206,25 @@ def test_cli_versus_draws_and_refuses_what_it_cannot_draw(bnexp, tmp_path):
         assert not out.exists()  # refused before anything is written
     done = bnexp("report", str(runs), "--versus", "model.init_std")
     assert done.returncode == 2 and "add --out DIR" in done.stderr
+
+
+def test_variant_keys_name_variants_whose_other_options_follow_from_them(bnexp, tmp_path):
+    """--variant-keys norm.name,trainer.batch_size: a batch size's own steps and lr do not name the
+    variant; keys that cannot tell two variants apart are refused, naming what else differs."""
+    for norm in ("batch", "group"):
+        for batch, lr in ((2, 0.0625), (64, 2.0)):
+            for seed in (0, 1):
+                extra = {"trainer": {"batch_size": batch, "max_steps": 128 // batch}, "optim": {"lr": lr}}
+                make_run(tmp_path / "runs", f"{norm}{batch}_{seed}", norm, seed, {0: 0.1, 10: 0.9}, extra=extra)
+    runs = [load_run(p) for p in find_run_dirs([tmp_path / "runs"])]
+    assert list(report.group_variants(runs, ["norm.name", "trainer.batch_size"])) == [
+        "norm=batch,trainer.batch_size=2", "norm=batch,trainer.batch_size=64",
+        "norm=group,trainer.batch_size=2", "norm=group,trainer.batch_size=64"]
+    assert all(len(v) == 2 for v in report.group_variants(runs, ["norm.name", "trainer.batch_size"]).values())
+    done = bnexp("report", str(tmp_path / "runs"), "--variant-keys", "norm.name",
+                 "--baseline", "norm=batch")
+    assert done.returncode == 2
+    assert "variant norm=batch holds runs that also differ in optim.lr, trainer.batch_size, trainer.max_steps" \
+        in done.stderr
+    done = bnexp("report", str(tmp_path / "runs"), "--variant-keys", "norm.name,trainer.batchsize")
+    assert done.returncode == 2 and "no run has trainer.batchsize" in done.stderr

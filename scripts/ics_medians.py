@@ -1,7 +1,8 @@
-"""The numbers behind results/ics_mnist's verdicts: for each learning rate, phase of training and
-net, each probe's median over a run's probed steps in that phase, then mean ± std over seeds.
+"""Every probe of the ICS study at a glance: for each learning rate, phase of training and net, each
+probe's median over a run's probed steps in that phase (bnexp.report.phase_median, as runs.csv's
+`<tag>@<first>-<last>` columns that the claims read), then mean ± std over seeds.
 
-    python scripts/ics_verdict.py SWEEP_DIR... --out results/ics_mnist/verdict.md [--phases 1-2500,25001-50000]
+    python scripts/ics_medians.py SWEEP_DIR... --out results/ics_mnist/medians.md [--phases 1-2500,25001-50000]
 
 Phases, because the nets differ most early: late in training a net that fits its batches has
 small gradients and a flat loss along them, whatever made it so.
@@ -21,6 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from bnexp.report import phase_median
 from bnexp.runs import find_run_dirs, load_run
 from bnexp.summary import ENDED
 
@@ -42,7 +44,7 @@ def main() -> int:
     parser.add_argument("--phases", default="1-2500,25001-50000",
                         help="step ranges (inclusive) to summarize besides the whole run, e.g. 1-2500,25001-50000")
     args = parser.parse_args()
-    phases = [("whole run", 0, float("inf"))]
+    phases = [("whole run", 0, 10**12)]
     for text in filter(None, args.phases.split(",")):
         first, last = (int(v) for v in text.split("-"))
         phases.append((f"steps {first:,}-{last:,}", first, last))
@@ -57,12 +59,11 @@ def main() -> int:
         for phase, first, last in phases:
             cell = cells[lr, phase, net]
             cell["best accuracy (%)"].append(100 * run.summary["best_accuracy"])
-            for tag, curve in run.curves.items():
-                if not tag.startswith(("ics/", "shift/", "landscape/", "train/loss")):
-                    continue
-                if values := [v for step, v in curve.items() if first <= step <= last]:
-                    cell[tag].append(statistics.median(values))
-    command = " ".join(["python scripts/ics_verdict.py", *map(str, args.sweeps), "--out", str(args.out),
+            for tag in run.curves:
+                if tag.startswith(("ics/", "shift/", "landscape/", "train/loss")):
+                    if (median := phase_median(run, tag, (first, last))) is not None:
+                        cell[tag].append(median)
+    command = " ".join(["python scripts/ics_medians.py", *map(str, args.sweeps), "--out", str(args.out),
                         "--phases", args.phases])
     lines = [f"Each probe's median over a run's probed steps in a phase, mean ± std over seeds; made by `{command}`.",
              ""]
