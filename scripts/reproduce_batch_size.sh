@@ -64,7 +64,9 @@ for batch in ${BATCHES:-2 4 8 16 32 64}; do
   # shellcheck disable=SC2046
   "$bnexp" train -m norm=batch,group,layer,none "${seeds[@]}" $(common $batch) hydra.sweep.dir="$sweep/b$batch"
   # Batch Renorm's rmax/dmax schedule at the same fractions of the run as its defaults' of 50,000 steps.
+  # Its run folders are named by seed: all its overrides would make a name too long for the file system.
   # shellcheck disable=SC2046
   "$bnexp" train -m norm=batch_renorm norm.warmup_steps=$((steps / 10)) norm.dmax_steps=$((steps / 2)) \
-    norm.rmax_steps=$((steps * 4 / 5)) trainer.seed=$serial $(common $batch) hydra.sweep.dir="$sweep/b${batch}_renorm"
+    norm.rmax_steps=$((steps * 4 / 5)) trainer.seed=$serial $(common $batch) hydra.sweep.dir="$sweep/b${batch}_renorm" \
+    'hydra.sweep.subdir=${hydra.job.num}_seed_${trainer.seed}'
 done
