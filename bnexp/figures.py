@@ -15,6 +15,13 @@ from bnexp.stats import Estimate
 Stats = list[tuple[int, int, float, float, float, float]]  # (step, runs, mean, std, min, max)
 
 
+def panel_labels(count: int) -> list[str]:
+    """(a), (b), ... like the paper's panels; numbers where a sweep has more panels than letters."""
+    if count <= 26:
+        return [chr(ord("a") + k) for k in range(count)]
+    return [str(k + 1) for k in range(count)]
+
+
 def colors(names: list[str]) -> dict:
     """One colour per variant, in order, the same in every figure of a report."""
     import matplotlib.pyplot as plt
@@ -100,13 +107,14 @@ def plot_figures(variants: dict[str, list[Run]], accuracy: dict[str, Stats], out
         fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
         axes = axes.flatten()
         accuracy_panel(axes[0])
-        axes[0].set_title("(a) test accuracy")
+        panel = panel_labels(panels)
+        axes[0].set_title(f"({panel[0]}) test accuracy")
         for i, (ax, (name, run)) in enumerate(zip(axes[1:], probed.items(), strict=False)):
             layer = run.probe_layers[-1]
             for q, style in (("p15", "--"), ("p50", "-"), ("p85", "--")):
                 points = sorted(run.curves[f"probe/{layer}/{q}"].items())
                 ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color[name], label=q)
-            ax.set_title(f"({chr(ord('b') + i)}) {name}\ninput to one {layer} unit, seed {run.seed}", fontsize=9)
+            ax.set_title(f"({panel[i + 1]}) {name}\ninput to one {layer} unit, seed {run.seed}", fontsize=9)
             ax.set_xlabel("training steps")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)

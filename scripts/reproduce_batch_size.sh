@@ -18,7 +18,8 @@
 # over 6,000 training examples after training) in place of the moving averages, same weights.
 #
 # Runs go to $BNEXP_RUNS/batch_size/main (default ~/bnexp-runs; run it again to continue a stopped
-# sweep); the table, figure, runs.csv and verdicts (results/batch_size/claims.yaml) to results/batch_size.
+# sweep); the table and figure to results/batch_size, the report, runs.csv and verdicts (by
+# results/batch_size/claims.yaml) to results/batch_size/mnist.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
@@ -40,7 +41,7 @@ common() {  # the overrides every run at batch size $1 shares, but the seeds
 
 if [ "${1:-}" = report ]; then
   "$bnexp" report "$sweep" --variant-keys norm.name,trainer.batch_size --baseline norm=batch,trainer.batch_size=64 \
-    --claims results/batch_size/claims.yaml --out results/batch_size
+    --claims results/batch_size/claims.yaml --out results/batch_size/mnist
   "$python" scripts/batch_size_report.py "$sweep" --out results/batch_size
   exit
 fi

@@ -228,3 +228,12 @@ def test_variant_keys_name_variants_whose_other_options_follow_from_them(bnexp, 
         in done.stderr
     done = bnexp("report", str(tmp_path / "runs"), "--variant-keys", "norm.name,trainer.batchsize")
     assert done.returncode == 2 and "no run has trainer.batchsize" in done.stderr
+
+
+def test_panels_past_the_alphabet_are_numbered():
+    from bnexp.figures import panel_labels
+
+    assert panel_labels(3) == ["a", "b", "c"]
+    assert panel_labels(26)[-1] == "z"
+    many = panel_labels(31)  # a 30-variant sweep's figure: letters would run into punctuation
+    assert many[0] == "1" and many[-1] == "31" and all(label.isdigit() for label in many)
