@@ -8,6 +8,7 @@
 #
 #   bash scripts/reproduce_ics_mnist.sh train [overrides]   # 30 runs; LRS="2.0" or "0.05": one lane
 #   bash scripts/reproduce_ics_mnist.sh report
+#   bash scripts/reproduce_ics_mnist.sh ten_seeds [overrides]  # lr 2.0's seeds 5-9, its report at 10 seeds
 #   bash scripts/reproduce_ics_mnist.sh conv   # the conv-net check: Inception vs BN-Baseline (scaled,
 #                                              # 1,500 steps, 2 seeds each, probes every 50 steps)
 #
@@ -37,11 +38,16 @@ case "${1:-}" in
       "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=$lr trainer.seed=0,1,2,3,4 \
         probes.ics_every=250 probes.landscape_every=250 trainer.progress=false hydra.sweep.dir="$sweeps/lr_$lr" "${@:2}"
     done ;;
+  ten_seeds)  # lr 2.0 left three claims open at 5 seeds: seeds 5-9 beside its sweep, then all ten decided
+    "$bnexp" train -m experiment=fig1_mnist norm=none,batch,noisy_batch optim.lr=2.0 trainer.seed=5,6,7,8,9 \
+      probes.ics_every=250 probes.landscape_every=250 trainer.progress=false hydra.sweep.dir="$sweeps/lr_2.0_seeds_5-9" "${@:2}"
+    "$bnexp" report "$sweeps/lr_2.0" "$sweeps/lr_2.0_seeds_5-9" --baseline norm=none --targets 0.97,0.98 \
+      --phases 1-2500,25001-50000 --claims "$out/claims.yaml" --out "$out/lr_2.0/ten_seeds" ;;
   report)  # phases: early (steps 1-2,500) and late (25,001-50,000), as the claims file names them
     for lr in 2.0 0.05; do
       "$bnexp" report "$sweeps/lr_$lr" --baseline norm=none --targets 0.97,0.98 --phases 1-2500,25001-50000 \
         --claims "$out/claims.yaml" --out "$out/lr_$lr"
     done
     "$python" scripts/ics_medians.py "$sweeps/lr_2.0" "$sweeps/lr_0.05" --out "$out/medians.md" ;;
-  *) echo "usage: $0 train [overrides] | report | conv [overrides]" >&2; exit 2 ;;
+  *) echo "usage: $0 train [overrides] | report | ten_seeds [overrides] | conv [overrides]" >&2; exit 2 ;;
 esac
