@@ -17,7 +17,8 @@ tests/test_coverage.py; a percentile bootstrap of a mean covers about 83% at 5 s
 All seeds equal (zero spread): a t interval would have zero width and print as certainty. The
 spread is instead floored at the data's resolution (e.g. 0.0001 for accuracies rounded to 4
 digits); where none is given, or there is one seed, the interval is unbounded (-inf, inf), which
-decides nothing.
+decides nothing. So is a speed-up's where every seed of both variants reaches the target at one
+and the same step each ([0, inf]): the bootstrap would print [r, r].
 
 Censoring. A run that never reaches a target within its steps is not dropped: its steps-to-target
 is "never" (math.inf) for medians and comparisons, and, where a bound is wanted, its last evaluated
@@ -209,8 +210,15 @@ def speedup(baseline: Censored, variant: Censored, level: float = CONFIDENCE) ->
         return np.where(np.isnan(r), unknown, r)
 
     low, high = (baseline.bounds, variant.steps, 0.0), (baseline.steps, variant.bounds, math.inf)
-    return Speedup(float(ratio(*low)), float(ratio(*high)), interval(ratio(*low, pick=True), level)[0],
-                   interval(ratio(*high, pick=True), level)[1], min(len(baseline), len(variant)), BOOTSTRAP, level)
+    interval_low = interval(ratio(*low, pick=True), level)[0]
+    interval_high = interval(ratio(*high, pick=True), level)[1]
+    if interval_low == interval_high:
+        # Every seed of each variant at one step: resampling has nothing to vary, and the spread
+        # below the evaluation grid is unknown, so the interval decides nothing (as a t interval
+        # of equal seeds does) rather than print [r, r] as certainty.
+        interval_low, interval_high = 0.0, math.inf
+    return Speedup(float(ratio(*low)), float(ratio(*high)), interval_low, interval_high,
+                   min(len(baseline), len(variant)), BOOTSTRAP, level)
 
 
 def probability_of_improvement(baseline: Censored, variant: Censored, level: float = CONFIDENCE) -> Estimate | None:

@@ -181,7 +181,8 @@ def test_the_probes_measures_and_a_fixed_target(bnexp, tmp_path):
     # Both seeds' ratio is 100: zero spread, which decides nothing rather than proving anything.
     assert "| gradients explode at init | - | 2.00 [-∞, ∞] (log10) | Student t | 2 | holds above 1 | **inconclusive" \
         in verdict
-    assert "| none gets to 90% sooner than BN | - | 0.33x [0.33, 0.33] |" in verdict  # 3000 steps vs 1000
+    # Every seed of each at one step (3000 vs 1000): a speed-up with nothing to resample decides nothing.
+    assert "| none gets to 90% sooner than BN | - | 0.33x [0.00, ∞] |" in verdict
 
 
 def test_a_probe_measure_without_its_probe_is_one_line(bnexp, tmp_path):

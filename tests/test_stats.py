@@ -165,3 +165,15 @@ def test_runs_csv_holds_one_row_per_run_and_the_intervals_can_be_recomputed_from
     assert "95% intervals: accuracies Student t over seeds; median steps and speed-ups percentile bootstrap (10,000" \
         in text
     assert "Intervals from fewer than 5 seeds are rough" in text and "| 2 (rough) |" in text
+
+
+def test_a_speedup_whose_seeds_all_tie_decides_nothing():
+    # Every seed of each variant crosses at one evaluation: the bootstrap would print [3, 3].
+    base, variant = stats.Censored.of([3000] * 5, [6000] * 5), stats.Censored.of([1000] * 5, [6000] * 5)
+    sp = stats.speedup(base, variant)
+    assert (sp.low, sp.high) == (3.0, 3.0)
+    assert (sp.interval_low, sp.interval_high) == (0.0, math.inf)
+    assert stats.fmt_speedup(sp, interval=True) == "3.00x [0.00, ∞]"
+    # One seed off the step is spread enough to resample: a finite, nonzero-width interval.
+    moved = stats.speedup(stats.Censored.of([3000] * 4 + [4000], [6000] * 5), variant)
+    assert 0 < moved.interval_low < moved.interval_high < math.inf
