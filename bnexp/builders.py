@@ -38,9 +38,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(parameters, optim: DictConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(parameters, lr=optim.lr * optim.lr_mult, momentum=optim.momentum, nesterov=optim.nesterov,
-                           weight_decay=optim.weight_decay * optim.weight_decay_mult)
+def make_optimizer(parameters, optim: DictConfig) -> torch.optim.Optimizer:
+    lr, weight_decay = optim.lr * optim.lr_mult, optim.weight_decay * optim.weight_decay_mult
+    if optim.name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=weight_decay)
 
 
 def learning_rate(cfg: DictConfig):

@@ -299,7 +299,20 @@ def _inception(c: Checks) -> None:
     c.flag("model.lrn")
 
 
-MODELS = {"mlp": _mlp, "inception": _inception}
+def _lstm(c: Checks) -> None:
+    from bnexp.models.lstm import SEQUENCES
+
+    sequence = c.value("model.sequence")
+    if not (sequence in SEQUENCES or (_is_whole(sequence) and sequence >= 1)):
+        raise UserError(f"model.sequence must be one of {', '.join(SEQUENCES)} or a whole number of steps >= 1, "
+                        f"got {sequence!r}")
+    c.whole("model.hidden", ">= 1")
+    c.whole("model.layers", ">= 1")
+    c.number("model.forget_bias")
+
+
+MODELS = {"mlp": _mlp, "inception": _inception, "lstm": _lstm}
+RECURRENT_MODELS = ("lstm",)
 
 
 def _eps(c: Checks) -> None:  # every norm but none
@@ -312,9 +325,26 @@ def _moving_averages(c: Checks) -> None:
     c.number("norm.momentum", "[0, 1]")
 
 
+def _gain_and_paths(c: Checks) -> None:  # norm=batch and norm=layer
+    if c.value("norm.gain_init") is not None:
+        c.number("norm.gain_init")
+    from bnexp.models.lstm import PATHS
+
+    where = c.value("norm.where")
+    ok = isinstance(where, ListConfig) and len(where) > 0 and len(set(where)) == len(where) and set(where) <= set(PATHS)
+    c._require(ok, "norm.where", where, f"a list of distinct paths of {', '.join(PATHS)}, at least one")
+
+
 def _batch(c: Checks) -> None:
     _moving_averages(c)
     c.flag("norm.sync")
+    _gain_and_paths(c)
+    c.choice("norm.stats", ("per_step", "shared"))
+
+
+def _layer(c: Checks) -> None:
+    _eps(c)
+    _gain_and_paths(c)
 
 
 def _batch_paper(c: Checks) -> None:
@@ -351,7 +381,7 @@ def _group(c: Checks) -> None:
 
 
 NORMS = {"none": lambda c: None, "batch": _batch, "batch_paper": _batch_paper, "batch_renorm": _batch_renorm,
-         "ghost": _ghost, "noisy_batch": _noisy_batch, "group": _group, "layer": _eps, "instance": _eps}
+         "ghost": _ghost, "noisy_batch": _noisy_batch, "group": _group, "layer": _layer, "instance": _eps}
 BATCH_NORMS = ("batch", "batch_paper", "batch_renorm", "ghost", "noisy_batch")  # those that use batch statistics
 
 
@@ -362,6 +392,20 @@ def _sgd(c: Checks) -> None:
     c.flag("optim.nesterov")
     c.number("optim.weight_decay", ">= 0")
     c.number("optim.weight_decay_mult", ">= 0")
+    c.number("optim.clip_norm", ">= 0")
+
+
+def _adam(c: Checks) -> None:
+    c.number("optim.lr", "> 0")
+    c.number("optim.lr_mult", "> 0")
+    betas = c.value("optim.betas")
+    ok = (isinstance(betas, ListConfig) and len(betas) == 2
+          and all(_is_number(b) and _within(b, "[0, 1)") for b in betas))
+    c._require(ok, "optim.betas", betas, "two numbers in [0, 1)")
+    c.number("optim.eps", "> 0")
+    c.number("optim.weight_decay", ">= 0")
+    c.number("optim.weight_decay_mult", ">= 0")
+    c.number("optim.clip_norm", ">= 0")
 
 
 def _exponential(c: Checks) -> None:
@@ -371,7 +415,7 @@ def _exponential(c: Checks) -> None:
     c.number("schedule.speedup", "> 0")
 
 
-OPTIMIZERS = {"sgd": _sgd}
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
 SCHEDULES = {"constant": lambda c: None, "exponential": _exponential}
 
 
@@ -439,14 +483,16 @@ def across_settings(cfg: DictConfig) -> None:
             normalized_together > 1,
             f"norm={cfg.norm.name} needs more than one example per batch{' and process' * (world > 1)} "
             f"(trainer.batch_size={t.batch_size}: batch statistics of one example are degenerate); "
-            "use norm=none, layer or group for batch size 1" + (", or norm.sync=true" * (world > 1)),
+            f"use norm={'none or layer' if cfg.model.name in RECURRENT_MODELS else 'none, layer or group'} for "
+            "batch size 1" + (", or norm.sync=true" * (world > 1)),
         )
     if cfg.norm.name == "ghost":
         virtual = cfg.norm.virtual_batch
         _require(per_process <= virtual or per_process % virtual == 0,
                  f"norm=ghost needs the batch size{' per process' * (world > 1)} ({per_process}) to be a multiple "
                  f"of norm.virtual_batch ({virtual}), so that every virtual batch has the same size")
-    _require(not cfg.optim.nesterov or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
+    _require(not cfg.optim.get("nesterov") or cfg.optim.momentum > 0, "optim.nesterov=true needs optim.momentum > 0")
+    recurrent_norm(cfg)
     _require(t.device != "cuda" or _cuda_available(), "trainer.device=cuda but no CUDA device is available")
     _require(world == 1 or not step_probes_on(cfg.probes),
              "the ICS and landscape probes measure one process's gradients, not a data-parallel run's: "
@@ -455,6 +501,43 @@ def across_settings(cfg: DictConfig) -> None:
         _require(world == 1, "trainer.replicas > 1 cannot run under torchrun: replicas share one process")
         check_replicable(cfg)
     check_model(cfg)
+
+
+# The norms without a recurrent form in bnexp, and why (model=lstm has none, batch and layer).
+NOT_RECURRENT = {
+    "batch_paper": "the paper's written-out BN is the feed-forward nets'; the recurrent BN with per-step "
+                   "statistics is norm=batch",
+    "batch_renorm": "Batch Renorm's r and d corrections have no per-step form here",
+    "ghost": "Ghost BN's virtual batches have no per-step form here",
+    "noisy_batch": "noisy BN's noise is defined for feed-forward layers (Santurkar et al.)",
+    "group": "an LSTM's terms are feature vectors without channel groups; norm=layer is the one-group case",
+    "instance": "instance norm normalizes over spatial positions, which a recurrent cell's terms have none of",
+}
+
+
+def recurrent_norm(cfg: DictConfig) -> None:
+    """A recurrent model takes the norms with a recurrent form; the recurrent settings take a recurrent model."""
+    n = cfg.norm
+    if cfg.model.name in RECURRENT_MODELS:
+        _require(n.name not in NOT_RECURRENT,
+                 f"norm={n.name} cannot normalize model={cfg.model.name}: {NOT_RECURRENT.get(n.name)}; "
+                 "use norm=none, batch or layer")
+        _require(n.get("position", "pre") == "pre",
+                 f"norm.position=post places a norm after a feed-forward layer's nonlinearity; model={cfg.model.name} "
+                 "places its norms by norm.where")
+        _require(not n.get("sync", False), f"norm.sync=true is for data-parallel feed-forward nets; "
+                 f"model={cfg.model.name}'s per-step BN has no synced form")
+        _require(not (cfg.probes.ics_every or cfg.probes.variance_shift),
+                 f"the ICS and variance-shift probes read a feed-forward net's layers; model={cfg.model.name} "
+                 "has one set of statistics per step: set probes.ics_every=0 and probes.variance_shift=false")
+        return
+    from bnexp.models.lstm import PATHS
+
+    _require(n.get("stats", "per_step") == "per_step",
+             f"norm.stats=shared pools statistics over time steps; model={cfg.model.name} has none (model=lstm has)")
+    _require(list(n.get("where", PATHS)) == list(PATHS),
+             f"norm.where chooses the terms of a recurrent cell; model={cfg.model.name} normalizes every layer "
+             "(model=lstm has terms)")
 
 
 def check_replicable(cfg: DictConfig) -> None:

@@ -23,6 +23,22 @@ NormBuilder = Callable[[int, str], "nn.Module | None"]
 
 
 def make(cfg: DictConfig) -> NormBuilder:
+    """The builder of norm `cfg` for a feed-forward model, its gain (gamma) starting at
+    norm.gain_init where the config sets one (else the layer's own 1)."""
+    build, gain = _builder(cfg), cfg.get("gain_init")
+    if gain is None:
+        return build
+
+    def with_gain(c: int, kind: str) -> nn.Module | None:
+        layer = build(c, kind)
+        if layer is not None:
+            nn.init.constant_(layer.weight, gain)
+        return layer
+
+    return with_gain
+
+
+def _builder(cfg: DictConfig) -> NormBuilder:
     name = cfg.name
     if name == "none":
         return lambda num_features, kind: None
@@ -151,7 +167,85 @@ def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
 
 def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
     """The layers that normalize with batch statistics in training (BN and its variants)."""
-    return [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, PaperBatchNorm, BatchRenorm))]
+    return [m for m in model.modules()
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, PaperBatchNorm, BatchRenorm, RecurrentBatchNorm))]
+
+
+# --- recurrent models: a norm applied at every time step, called as norm(x, t) ---------------
+
+class RecurrentBatchNorm(nn.Module):
+    """BN of one term of a recurrent cell (Cooijmans et al. 2016, "Recurrent Batch Normalization"):
+    in training each time step t is normalized with its own batch's statistics (the only causal
+    choice: step t's hidden term does not exist before step t-1 is done), and each step keeps its
+    own moving averages; gain and shift are shared by all steps. At inference, `per_step` uses
+    step t's population statistics (Cooijmans'), steps beyond the training length those of the
+    last step; otherwise (norm.stats=shared) one set for every step, pooled over the steps:
+    mean = the steps' mean, var = the mean of their variances plus the variance of their means
+    (the statistics of all steps' values together, "averaging statistics over time").
+    Training is the same either way; only inference differs."""
+
+    def __init__(self, num_features: int, steps: int, eps: float = 1e-5, momentum: float = 0.1, gain: float = 0.1,
+                 shift: bool = True, per_step: bool = True):
+        super().__init__()
+        self.steps, self.eps, self.momentum, self.per_step = steps, eps, momentum, per_step
+        self.weight = nn.Parameter(torch.full((num_features,), float(gain)))
+        self.bias = nn.Parameter(torch.zeros(num_features)) if shift else None
+        self.register_buffer("running_mean", torch.zeros(steps, num_features))
+        self.register_buffer("running_var", torch.ones(steps, num_features))
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        s = min(t, self.steps - 1)
+        if self.training:
+            var, mean = torch.var_mean(x, 0, unbiased=False)
+            with torch.no_grad():
+                m, keep = x.shape[0], 1 - self.momentum  # lerp_ written out: vmap (replicas) batches these
+                self.running_mean[s].mul_(keep).add_(mean * self.momentum)
+                self.running_var[s].mul_(keep).add_(var * (self.momentum * m / max(m - 1, 1)))
+        else:
+            mean, var = self.population(s)
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def all_steps(self, xs: torch.Tensor) -> torch.Tensor:
+        """forward(xs[t], t) for every t of xs [T, B, C] at once: a term known for all steps
+        ahead (the input's) pays for one normalization instead of T."""
+        steps = xs.shape[0]
+        if self.training and steps > self.steps:
+            return torch.stack([self(x, t) for t, x in enumerate(xs)])
+        if self.training:
+            var, mean = torch.var_mean(xs, 1, unbiased=False, keepdim=True)
+            with torch.no_grad():
+                m, keep = xs.shape[1], 1 - self.momentum
+                self.running_mean[:steps].mul_(keep).add_(mean[:, 0] * self.momentum)
+                self.running_var[:steps].mul_(keep).add_(var[:, 0] * (self.momentum * m / max(m - 1, 1)))
+        elif self.per_step:
+            last = torch.arange(steps, device=xs.device).clamp(max=self.steps - 1)
+            mean, var = self.running_mean[last].unsqueeze(1), self.running_var[last].unsqueeze(1)
+        else:
+            mean, var = self.population(0)
+        y = (xs - mean) * torch.rsqrt(var + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def population(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inference statistics (mean, var) of step s."""
+        if self.per_step:
+            return self.running_mean[s], self.running_var[s]
+        return self.running_mean.mean(0), self.running_var.mean(0) + self.running_mean.var(0, unbiased=False)
+
+
+class RecurrentLayerNorm(nn.LayerNorm):
+    """Layer Normalization of one term of a recurrent cell (Ba et al. 2016): over the features of
+    each example at each step, so nothing depends on the batch or on the step."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, gain: float = 1.0, shift: bool = True):
+        super().__init__(num_features, eps, bias=shift)
+        nn.init.constant_(self.weight, gain)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return super().forward(x)
+
+    def all_steps(self, xs: torch.Tensor) -> torch.Tensor:
+        return super().forward(xs)  # per example: the steps are independent
 
 
 class BatchRenorm(nn.Module):

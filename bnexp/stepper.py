@@ -35,9 +35,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class OneModel:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.SGD, cfg: DictConfig):
-        """cfg: the trainer group's speed flags (amp, channels_last, compile)."""
-        self.model, self.optimizer, self.lr = model, optimizer, None
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig, clip_norm: float = 0.0):
+        """cfg: the trainer group's speed flags (amp, channels_last, compile). clip_norm: optim.clip_norm."""
+        self.model, self.optimizer, self.lr, self.clip_norm = model, optimizer, None, float(clip_norm)
         self.device = next(model.parameters()).device
         self.amp, self.channels_last = bool(cfg.amp), bool(cfg.channels_last)
         if self.channels_last:
@@ -61,6 +61,8 @@ class OneModel:
             loss = F.cross_entropy(logits.float(), y[0])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
         return loss.unsqueeze(0), logits.unsqueeze(0)
 
@@ -75,9 +77,10 @@ class OneModel:
 
 
 class StackedModels:
-    def __init__(self, modules: list[nn.Module], make_optimizer, cfg: DictConfig):
-        """make_optimizer(parameters): SGD as the config sets it, here over the stacked parameters."""
-        self.stack = Stack(modules)
+    def __init__(self, modules: list[nn.Module], make_optimizer, cfg: DictConfig, clip_norm: float = 0.0):
+        """make_optimizer(parameters): the optimizer as the config sets it, here over the stacked
+        parameters (SGD's and Adam's updates are elementwise: each replica's is its own)."""
+        self.stack, self.clip_norm = Stack(modules), float(clip_norm)
         self.optimizer, self.lr = make_optimizer(self.stack.params.values()), None
         self.device = next(iter(self.stack.params.values())).device
         self.amp = bool(cfg.amp)
@@ -92,6 +95,8 @@ class StackedModels:
             losses, logits = self.forward(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # replica r's gradient is its own loss's: the replicas never mix
+        if self.clip_norm:
+            clip_each(list(self.stack.params.values()), self.clip_norm)
         self.optimizer.step()
         return losses, logits
 
@@ -106,6 +111,19 @@ class StackedModels:
             g = stacked.grad if stacked.grad is not None else torch.zeros_like(stacked)
             norms[name] = g.flatten(1).norm(dim=1)
         return norms
+
+
+@torch.no_grad()
+def clip_each(stacked: list[torch.Tensor], max_norm: float) -> None:
+    """clip_grad_norm_ for each replica of stacked parameters [R, ...]: replica r's gradient is
+    scaled by min(1, max_norm / (its global norm + 1e-6)), as its run alone would be."""
+    grads = [p.grad for p in stacked if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # [R]
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.dim() - 1)))
 
 
 class Stack:
@@ -147,7 +165,9 @@ class ReplicaOptimizer:
 
     def state_dict(self) -> dict:
         full = self.stacked.state_dict()
-        state = {i: {k: v[self.r].clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+        # Per-element state is [R, ...]; a scalar one (Adam's step count) is every replica's.
+        state = {i: {k: (v[self.r] if v.dim() else v).clone() if isinstance(v, torch.Tensor) else v
+                     for k, v in s.items()}
                  for i, s in full["state"].items()}
         return {"state": state, "param_groups": full["param_groups"]}
 
@@ -156,8 +176,10 @@ class ReplicaOptimizer:
         params = self.stacked.param_groups[0]["params"]
         for i, s in saved["state"].items():
             for k, v in s.items():
-                if isinstance(v, torch.Tensor):
-                    own = self.stacked.state[params[int(i)]]
+                own = self.stacked.state[params[int(i)]]
+                if isinstance(v, torch.Tensor) and v.dim() == 0:
+                    own[k] = v.clone()  # the lockstep replicas' one count
+                elif isinstance(v, torch.Tensor):
                     if k not in own:
                         own[k] = torch.zeros_like(params[int(i)])
                     own[k][self.r].copy_(v)

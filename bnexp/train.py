@@ -82,9 +82,11 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
         nets.append(models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).to(device))
     states = resume_states(cfg.trainer.resume, configs, dirs, writes=rank == 0)
     if not group:  # the replicas of a group stay stacked, however many are left to train
-        stepper = OneModel(nets[0], builders.make_optimizer(nets[0].parameters(), cfg.optim), cfg.trainer)
+        stepper = OneModel(nets[0], builders.make_optimizer(nets[0].parameters(), cfg.optim), cfg.trainer,
+                           cfg.optim.clip_norm)
     else:
-        stepper = StackedModels(nets, lambda params: builders.make_optimizer(params, cfg.optim), cfg.trainer)
+        stepper = StackedModels(nets, lambda params: builders.make_optimizer(params, cfg.optim), cfg.trainer,
+                                cfg.optim.clip_norm)
     step_probes = StepProbes(cfg.probes, nets[0]) if step_probes_on(cfg.probes) else None
     overrides = run_overrides(run_dir) if group and rank == 0 else None
     records = []

@@ -42,9 +42,9 @@ def assert_same_run(alone: Path, replica: Path, tolerance: float, optimizer: boo
     for name, value in state_a["model"].items():  # parameters and BN running statistics
         torch.testing.assert_close(state_b["model"][name], value, rtol=tolerance, atol=tolerance,
                                    msg=lambda m, name=name: f"{name}: {m}")
-    for i, s in state_a["optimizer"]["state"].items() if optimizer else ():
-        torch.testing.assert_close(state_b["optimizer"]["state"][i]["momentum_buffer"], s["momentum_buffer"],
-                                   rtol=tolerance, atol=tolerance)
+    for i, s in state_a["optimizer"]["state"].items() if optimizer else ():  # SGD's momentum, Adam's moments and step
+        for key, value in s.items():
+            torch.testing.assert_close(state_b["optimizer"]["state"][i][key], value, rtol=tolerance, atol=tolerance)
     assert a.summary["best_accuracy"] == pytest.approx(b.summary["best_accuracy"], abs=2e-3)
 
 
@@ -57,8 +57,11 @@ def assert_same_run(alone: Path, replica: Path, tolerance: float, optimizer: boo
     (["norm=layer", "optim.lr=0.2", "trainer.max_steps=300"], 1e-4),
     # BN over virtual batches of 4: noisy statistics amplify rounding, in the running averages most.
     (["norm=ghost", "optim.lr=0.2", "trainer.max_steps=100"], 1e-3),
+    # The recurrent model with per-step BN, Adam and each replica's gradient clipped on its own.
+    (["model=lstm", "model.hidden=16", "data.shape=[1,8,8]", "norm=batch", "optim=adam", "optim.lr=0.01",
+      "optim.clip_norm=0.5", "trainer.max_steps=100"], 1e-4),
 ], ids=["mlp-none", "mlp-batch-momentum", "mlp-batch_paper", "mlp-batch-compiled", "mlp-group-distort", "mlp-layer",
-        "mlp-ghost"])
+        "mlp-ghost", "lstm-batch-adam-clipped"])
 def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case, tolerance):
     check_replicas_against_runs_alone(compose, tmp_path, ["data=synthetic", "trainer.progress=false", *STEPS, *case],
                                       tolerance)

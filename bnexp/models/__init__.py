@@ -12,7 +12,11 @@ from torch import nn
 from bnexp import norm
 from bnexp.errors import UserError
 from bnexp.models.inception import Inception
+from bnexp.models.lstm import LSTM
 from bnexp.models.mlp import MLP
+
+# Recurrent BN's gain starts at 0.1 (Cooijmans et al. 2016: at 1 the gradient vanishes through time).
+RECURRENT_BN_GAIN = 0.1
 
 
 def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int) -> nn.Module:
@@ -30,4 +34,20 @@ def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes
             raise UserError(f"model=inception needs images (channels, height, width), got {input_shape}")
         return Inception(input_shape[0], num_classes, input_shape[-1], cfg.width, cfg.stem, cfg.activation,
                          cfg.dropout, cfg.lrn, norm_builder, cfg.stem_pool, position)
+    if cfg.name == "lstm":
+        return LSTM(input_shape, num_classes, cfg.sequence, cfg.hidden, cfg.layers, cfg.forget_bias,
+                    recurrent_norm(norm_cfg), tuple(norm_cfg.get("where", ())))
     raise UserError(f"unknown model.name {cfg.name!r}")
+
+
+def recurrent_norm(cfg: DictConfig):
+    """make(features, steps, shift): the norm of one path of a recurrent cell, called as norm(x, t).
+    Only these norms have a recurrent form here; bnexp/config.py refuses the others by name."""
+    if cfg.name == "batch":
+        gain = RECURRENT_BN_GAIN if cfg.gain_init is None else cfg.gain_init
+        return lambda c, steps, shift: norm.RecurrentBatchNorm(c, steps, cfg.eps, cfg.momentum, gain, shift,
+                                                               per_step=cfg.stats == "per_step")
+    if cfg.name == "layer":
+        gain = 1.0 if cfg.gain_init is None else cfg.gain_init
+        return lambda c, steps, shift: norm.RecurrentLayerNorm(c, cfg.eps, gain, shift)
+    return lambda c, steps, shift: None
