@@ -26,8 +26,9 @@ the variant's ratio minus the baseline's (what dropout adds to a net's own shift
 the log10 of the first weight layer's gradient norm over the last one's at the initial weights
 (probes.grad_every): 2 means the first layer's gradient is 100x the last layer's. probe and
 probe_gain read the runs.csv column a claim names as `probe: ics/hidden3/cos@1-2500`: a step probe's
-median over a phase of training (bnexp report --phases 1-2500); the mean over seeds (Student t), or
-the variant's minus the baseline's (Welch t).
+median over a phase of training (bnexp report --phases 1-2500), or `probe: longer/append16/drop`: the
+test accuracy lost on sequences 16 rows longer, at the last evaluation (probes.longer_rows); the
+mean over seeds (Student t), or the variant's minus the baseline's (Welch t).
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
 `partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). An
@@ -146,8 +147,8 @@ def load(name: str) -> ClaimsFile:
                             f"best) or an accuracy in (0, 1], got {target!r}")
         probe = c.get("probe")
         if (c["measure"] in ("probe", "probe_gain")) != (probe is not None):
-            raise UserError(f"{where}: probe (a runs.csv column, <tag>@<first>-<last>) goes with measure probe or "
-                            "probe_gain, and only with them")
+            raise UserError(f"{where}: probe (a runs.csv column: <tag>@<first>-<last>, longer/<side><k>/drop) goes "
+                            "with measure probe or probe_gain, and only with them")
         claims.append(Claim(str(c.get("id", i + 1)), str(c.get("claim", "")), str(c.get("paper", "")), c["measure"],
                             str(c.get("variant", "")), c.get("baseline"),
                             target if target in BASELINE_TARGETS else f"{float(target):g}", rule,
@@ -241,9 +242,9 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
         needed = claim.probe or PROBE_COLUMN.get(claim.measure)
         read = [claim.variant, *([baseline] if claim.measure.endswith("_gain") else [])]
         if claim.probe and claim.probe not in rows[0]:
-            phase = claim.probe.rpartition("@")[2]
-            raise UserError(f"claim {claim.id}: runs.csv has no {claim.probe}: make the report with --phases {phase} "
-                            "from runs that took the ICS and landscape probes")
+            how = (f"make the report with --phases {claim.probe.rpartition('@')[2]} from runs that took the ICS and "
+                   "landscape probes" if "@" in claim.probe else "train its runs with probes.longer_rows")
+            raise UserError(f"claim {claim.id}: runs.csv has no {claim.probe}: {how}")
         if claim.probe and not all(r.get(needed) for name in read for r in by_variant[name]):
             raise UserError(f"claim {claim.id}: {claim.probe} is empty in some runs of {' and '.join(map(repr, read))} "
                             "(no probed step in that phase)")

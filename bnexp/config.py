@@ -459,6 +459,10 @@ def _probes(c: Checks) -> None:
     c.numbers("probes.landscape_steps", "> 0")
     c.whole("probes.grad_every", ">= 0")
     c.flag("probes.variance_shift")
+    rows = c.value("probes.longer_rows")
+    ok = rows is None or (isinstance(rows, ListConfig) and all(_is_whole(k) and k >= 1 for k in rows)
+                          and len(set(rows)) == len(rows))  # None: a config saved before the probe
+    c._require(ok, "probes.longer_rows", rows, "a list of distinct whole numbers of rows >= 1 (or [])")
 
 
 def step_probes_on(probes: DictConfig) -> bool:
@@ -527,12 +531,17 @@ def recurrent_norm(cfg: DictConfig) -> None:
                  "places its norms by norm.where")
         _require(not n.get("sync", False), f"norm.sync=true is for data-parallel feed-forward nets; "
                  f"model={cfg.model.name}'s per-step BN has no synced form")
+        _require(not cfg.probes.get("longer_rows") or cfg.model.sequence == "rows",
+                 f"probes.longer_rows adds rows to the images, which lengthens the sequence only with "
+                 f"model.sequence=rows (got {cfg.model.sequence})")
         _require(not (cfg.probes.ics_every or cfg.probes.variance_shift),
                  f"the ICS and variance-shift probes read a feed-forward net's layers; model={cfg.model.name} "
                  "has one set of statistics per step: set probes.ics_every=0 and probes.variance_shift=false")
         return
     from bnexp.models.lstm import PATHS
 
+    _require(not cfg.probes.get("longer_rows"), f"probes.longer_rows tests a recurrent model on longer sequences; "
+             f"model={cfg.model.name} reads images of one size (model=lstm reads rows)")
     _require(n.get("stats", "per_step") == "per_step",
              f"norm.stats=shared pools statistics over time steps; model={cfg.model.name} has none (model=lstm has)")
     _require(list(n.get("where", PATHS)) == list(PATHS),

@@ -240,6 +240,13 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 
     )
 
 
+def blank(cfg: DictConfig) -> torch.Tensor:
+    """A pixel of intensity 0 (the digits' and garments' empty background) as the data normalize
+    it: one value per channel."""
+    mean, std = (torch.tensor(v, dtype=torch.float32).flatten() for v in (cfg.mean, cfg.std))
+    return -mean / std
+
+
 def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n training examples chosen at random by `seed` alone (the same for every run), in their order."""
     if n > len(x):

@@ -162,6 +162,29 @@ class VarianceShift:
         return out
 
 
+@torch.inference_mode()
+def longer_sequences(model: nn.Module, data, rows: list[int], blank: torch.Tensor, accuracy: float,
+                     prepare=lambda x: x) -> dict[str, float]:
+    """The variable-length test of a recurrent model reading rows (probes.longer_rows): the test set
+    again with k blank rows (intensity 0, as the data normalize it: `blank`, one value per channel)
+    before each image and after it, so the sequence is k steps longer than in training. Logged:
+    longer/<prepend|append><k>/accuracy, and .../drop = `accuracy` (the test set as trained) minus it."""
+    model.eval()
+    correct, n = {(side, k): 0 for k in rows for side in ("prepend", "append")}, 0
+    for x, y in data.eval_batches():
+        for k in rows:
+            pad = blank.to(x).view(1, -1, 1, 1).expand(x.shape[0], x.shape[1], k, x.shape[3])
+            for side, longer in (("prepend", torch.cat([pad, x], 2)), ("append", torch.cat([x, pad], 2))):
+                correct[side, k] += (model(prepare(longer)).argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    out = {}
+    for (side, k), right in correct.items():
+        out[f"longer/{side}{k}/accuracy"] = right / n
+        out[f"longer/{side}{k}/drop"] = accuracy - right / n
+    return out
+
+
 class GradientProbe:
     """The norm of each weight layer's gradient, ||dL/dW||, on a training step's own batch: on the
     first step (the gradient at the initial weights, for the vanishing and exploding gradient

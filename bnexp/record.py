@@ -21,7 +21,7 @@ from bnexp.builders import autocast, in_layout
 from bnexp.errors import UserError, first_line
 from bnexp.evaluation import error_with_batch_statistics, fold_batch_norms, test_metrics
 from bnexp.norm import batch_statistics_layers, finalize_population
-from bnexp.probes import PercentileProbe, VarianceShift
+from bnexp.probes import PercentileProbe, VarianceShift, longer_sequences
 from bnexp.summary import ENDED, Status, Summary, first_step_reaching, provenance
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 
 class RunRecord:
     def __init__(self, cfg, run_dir: Path, model, optimizer, data, runlog, writes_checkpoints: bool = True,
-                 population_batches: int = 0, variance_shift: bool = False):
+                 population_batches: int = 0, variance_shift: bool = False, longer_rows=(), blank=None):
         """cfg: the run's trainer group. runlog: its RunLog (NullLog in a data-parallel run's other
         processes, which write no checkpoints either). population_batches: if > 0, the BN layers'
         population statistics are computed over that many training batches after the last step.
-        variance_shift: also log each BN layer's variance shift at every evaluation (probes.variance_shift)."""
+        variance_shift: also log each BN layer's variance shift at every evaluation (probes.variance_shift).
+        longer_rows, blank: the last evaluation's variable-length test (probes.longer_rows), the
+        blank rows' value per channel (data.blank)."""
         self.dir, self.model, self.optimizer, self.data, self.runlog = Path(run_dir), model, optimizer, data, runlog
         self.writes_checkpoints, self.population_batches = writes_checkpoints, population_batches
         self.max_steps, self.targets, self.batch_size = int(cfg.max_steps), list(cfg.targets), int(cfg.batch_size)
@@ -43,6 +45,7 @@ class RunRecord:
         self.probe = PercentileProbe(model.probe_points(), cfg.probe_unit)
         self.batch_norms = batch_statistics_layers(model) if cfg.eval_batchstats else []
         self.variance_shift = VarianceShift(model) if variance_shift else None
+        self.longer_rows, self.blank = list(longer_rows), blank
         self.history: list[tuple[int, float]] = []  # (step, test accuracy) at every evaluation
         self.saved_step = 0  # the step of the newest checkpoint
         self.elapsed_before, self.started = 0.0, datetime.now(timezone.utc)  # earlier segments of a resumed run
@@ -122,6 +125,12 @@ class RunRecord:
             batches = (self.data.next_batch(step + i)[0] for i in range(self.population_batches))
             log.info("population statistics over %d training batches", finalize_population(self.model, batches))
         self.evaluate(step)
+        if self.longer_rows:
+            started = time.perf_counter()
+            with autocast(self.device, self.amp):
+                longer = longer_sequences(self.model, self.data, self.longer_rows, self.blank, self.history[-1][1])
+            self.eval_time += time.perf_counter() - started
+            self.runlog.scalars(step, longer)
 
     def save_checkpoint(self, step: int) -> None:
         """A checkpoint at `step`, unless one is there already (raises checkpoint.CheckpointError)."""

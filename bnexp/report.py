@@ -287,7 +287,8 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
     steps_to_<target> is the first evaluated step at or above it, empty where the run never got
     there (censored at last_evaluated_step); steps_to_target is the baseline's mean best (or
     --target), steps_to_every_seed its lowest best, as the report's targets A and B. With `phases`
-    (--phases), each step probe's median over the run's probed steps in each phase: `<tag>@<first>-<last>`."""
+    (--phases), each step probe's median over the run's probed steps in each phase: `<tag>@<first>-<last>`;
+    with probes.longer_rows, each `longer/<side><k>/drop` of the last evaluation."""
     # The two baseline targets by their role (their values are in report.md), then the fixed ones.
     targets = {**rows[0]["targets"], **{f"{t:g}": t for t in fixed_targets}}
     fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
@@ -298,6 +299,9 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
         raise UserError("--phases summarizes the ICS and landscape probes, and no run took them "
                         "(probes.ics_every, probes.landscape_every)")
     fields += [phase_column(t, phase) for t in tags for phase in phases]
+    drops = sorted({t for runs in variants.values() for r in runs for t in r.curves if is_longer_drop(t)},
+                   key=lambda t: (t.split("/")[1].rstrip("0123456789"), int(re.sub(r"\D", "", t))))
+    fields += drops
     root = common_parent([r.path for runs in variants.values() for r in runs])
     baseline = next(r["variant"] for r in rows if r["baseline"])
     text = io.StringIO()
@@ -316,6 +320,7 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
                 **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
                 **probe_columns(r),
                 **{phase_column(t, phase): phase_median(r, t, phase) for t in tags for phase in phases},
+                **{t: last_value(r, t) for t in drops},
                 **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
                                                "git_dirty")},
             })
@@ -323,6 +328,15 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
 
 
 PROBE_COLUMNS = ("final_train_accuracy", "variance_shift", "init_grad_ratio")
+
+
+def is_longer_drop(tag: str) -> bool:  # probes.longer_rows' accuracy drops, one runs.csv column each
+    return tag.startswith("longer/") and tag.endswith("/drop")
+
+
+def last_value(run: Run, tag: str) -> float | None:
+    curve = run.curves.get(tag)
+    return curve[max(curve)] if curve else None
 
 
 def phase_column(tag: str, phase: tuple[int, int]) -> str:
@@ -342,10 +356,6 @@ def probe_columns(run: Run) -> dict[str, float | None]:
     (probes.variance_shift); init_grad_ratio: ||dL/dW|| of the first weight layer over the last
     one's on the first step, at the initial weights (probes.grad_every), layers in their names'
     natural order (mlp: hidden1 .. hiddenN, output)."""
-    def last(tag: str) -> float | None:
-        curve = run.curves.get(tag)
-        return curve[max(curve)] if curve else None
-
     shifts = [curve[max(curve)] for tag, curve in run.curves.items() if tag.startswith("varshift/") and curve]
     grads = sorted((tag for tag in run.curves if tag.startswith("grad/") and tag.endswith("/norm")),
                    key=lambda tag: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", tag)])
@@ -354,8 +364,8 @@ def probe_columns(run: Run) -> dict[str, float | None]:
         first, last_layer = run.curves[grads[0]], run.curves[grads[-1]]
         step = min(first)
         ratio = first[step] / last_layer[step] if last_layer.get(step) else None
-    return {"final_train_accuracy": last("train_set/accuracy"), "variance_shift": min(shifts) if shifts else None,
-            "init_grad_ratio": ratio}
+    return {"final_train_accuracy": last_value(run, "train_set/accuracy"),
+            "variance_shift": min(shifts) if shifts else None, "init_grad_ratio": ratio}
 
 
 def versus_points(variants: dict[str, list[Run]], key: str) -> dict[str, list[VersusPoint]]:

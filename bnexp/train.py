@@ -89,7 +89,7 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
                                 cfg.optim.clip_norm)
     step_probes = StepProbes(cfg.probes, nets[0]) if step_probes_on(cfg.probes) else None
     overrides = run_overrides(run_dir) if group and rank == 0 else None
-    records = []
+    records, longer_rows = [], cfg.probes.get("longer_rows", [])  # absent from configs saved before it
     for r, s in enumerate(seeds):
         if overrides is not None:
             write_overrides(dirs[s], overrides, s)
@@ -97,7 +97,8 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
         record = RunRecord(configs[s].trainer, dirs[s], nets[r], stepper.optimizer_of(r),
                            data.reseeded(s) if group else data, runlog, writes_checkpoints=rank == 0,
                            population_batches=builders.population_batches(cfg.norm),
-                           variance_shift=cfg.probes.variance_shift)
+                           variance_shift=cfg.probes.variance_shift, longer_rows=longer_rows,
+                           blank=datasets.blank(cfg.data) if longer_rows else None)
         if states[r] is not None:
             record.restore(states[r])
         records.append(record)

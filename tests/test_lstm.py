@@ -1,5 +1,8 @@
 """The LSTM (model=lstm) and its recurrent norms, against references written out here."""
 
+import csv
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -303,3 +306,68 @@ def test_all_steps_at_once_is_each_step_in_turn(per_step, training):
     torch.testing.assert_close(at_once.all_steps(xs), torch.stack([in_turn(x, t) for t, x in enumerate(xs)]))
     torch.testing.assert_close(at_once.running_mean, in_turn.running_mean)
     torch.testing.assert_close(at_once.running_var, in_turn.running_var)
+
+
+class _ReadsTheFirstRow(nn.Module):
+    """Class 0 where an image's first row is the blank value 2.5, class 1 elsewhere."""
+
+    def forward(self, x):
+        first_blank = (x[:, 0, 0] == 2.5).all(1).float()
+        return torch.stack([first_blank, 1 - first_blank], 1)
+
+
+class _Images:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def eval_batches(self, split="test"):
+        yield from zip(self.x.split(3), self.y.split(3), strict=True)
+
+
+def test_longer_sequences_add_blank_rows_before_and_after_each_image():
+    from bnexp.probes import longer_sequences
+
+    seen = []
+    model = _ReadsTheFirstRow()
+    model.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape[2]))
+    data = _Images(torch.zeros(6, 1, 4, 5), torch.ones(6, dtype=torch.long))
+    found = longer_sequences(model, data, [2, 3], torch.tensor([2.5]), accuracy=0.75)
+    assert set(seen) == {6, 7}  # 4 rows and 2 or 3 more
+    assert found["longer/prepend2/accuracy"] == found["longer/prepend3/accuracy"] == 0.0  # a blank first row
+    assert found["longer/append2/accuracy"] == found["longer/append3/accuracy"] == 1.0
+    assert found["longer/prepend3/drop"] == 0.75 and found["longer/append3/drop"] == -0.25
+
+
+def test_blank_is_intensity_zero_as_the_data_normalize_it():
+    from bnexp.data import blank
+
+    cfg = compose(["data=mnist"])
+    torch.testing.assert_close(blank(cfg.data), torch.tensor([-cfg.data.mean / cfg.data.std]))
+
+
+def test_a_run_reports_the_accuracy_lost_on_longer_sequences(tmp_path):
+    from bnexp import report
+    from bnexp.runs import find_run_dirs, load_run
+
+    cfg = compose([*RUN, "norm=batch", "probes.longer_rows=[2,8]"])
+    (tmp_path / "run").mkdir()
+    summary = only(run(cfg, tmp_path / "run"))
+    assert summary["status"] == "completed"
+    variants = report.group_variants([load_run(p) for p in find_run_dirs([tmp_path])])
+    rows = report.summarize(variants, next(iter(variants)), None, [])
+    [row] = list(csv.DictReader(io.StringIO(report.runs_csv(variants, rows, []))))
+    drops = [k for k in row if k.startswith("longer/")]
+    assert drops == ["longer/append2/drop", "longer/append8/drop", "longer/prepend2/drop", "longer/prepend8/drop"]
+    assert all(-1 <= float(row[k]) <= 1 for k in drops)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["probes.longer_rows=[4]"], "probes.longer_rows tests a recurrent model on longer sequences; model=mlp"),
+    (["model=lstm", "model.sequence=columns", "probes.longer_rows=[4]"], "lengthens the sequence only with "
+     "model.sequence=rows"),
+    (["model=lstm", "probes.longer_rows=[0]"], "probes.longer_rows must be a list of distinct whole numbers"),
+    (["model=lstm", "probes.longer_rows=[4,4]"], "probes.longer_rows must be a list of distinct whole numbers"),
+])
+def test_longer_sequences_are_refused_where_they_mean_nothing(overrides, message):
+    with pytest.raises(UserError, match=message):
+        validate(compose(overrides))
