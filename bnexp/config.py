@@ -309,6 +309,7 @@ def _lstm(c: Checks) -> None:
     c.whole("model.hidden", ">= 1")
     c.whole("model.layers", ">= 1")
     c.number("model.forget_bias")
+    c.number("model.h0_noise", ">= 0")
 
 
 MODELS = {"mlp": _mlp, "inception": _inception, "lstm": _lstm}
@@ -555,6 +556,9 @@ def check_replicable(cfg: DictConfig) -> None:
     _require(cfg.model.get("dropout", 0) == 0,
              f"{why}; dropout draws its masks from the process's one random stream, so a replica's masks "
              "could not be those of its seed's run alone: set model.dropout=0, or run the seeds separately")
+    _require(not cfg.model.get("h0_noise", 0),
+             f"{why}; model.h0_noise draws its noise from the process's one random stream, so a replica's "
+             "noise could not be that of its seed's run alone: set model.h0_noise=0, or run the seeds separately")
     _require(cfg.norm.name != "batch_renorm",
              f"{why}; norm=batch_renorm reads its step counter as a Python number to set rmax and dmax, "
              "which a vmapped computation cannot: run its seeds separately")

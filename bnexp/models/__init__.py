@@ -36,7 +36,7 @@ def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes
                          cfg.dropout, cfg.lrn, norm_builder, cfg.stem_pool, position)
     if cfg.name == "lstm":
         return LSTM(input_shape, num_classes, cfg.sequence, cfg.hidden, cfg.layers, cfg.forget_bias,
-                    recurrent_norm(norm_cfg), tuple(norm_cfg.get("where", ())))
+                    recurrent_norm(norm_cfg), tuple(norm_cfg.get("where", ())), cfg.get("h0_noise", 0.0))
     raise UserError(f"unknown model.name {cfg.name!r}")
 
 

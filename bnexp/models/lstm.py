@@ -58,11 +58,12 @@ def as_sequence(x: torch.Tensor, sequence) -> torch.Tensor:
 
 
 class LSTMLayer(nn.Module):
-    def __init__(self, input_size: int, hidden: int, make_norm, where: tuple, forget_bias: float):
+    def __init__(self, input_size: int, hidden: int, make_norm, where: tuple, forget_bias: float,
+                 h0_noise: float = 0.0):
         """make_norm(features, shift): the norm of one path, called as norm(x, t) (the input term's
-        as norm.all_steps(xs), all steps at once)."""
+        as norm.all_steps(xs), all steps at once). h0_noise: model.h0_noise."""
         super().__init__()
-        self.hidden = hidden
+        self.hidden, self.h0_noise = hidden, h0_noise
         self.input_weights = nn.Linear(input_size, 4 * hidden, bias=False)
         self.hidden_weights = nn.Linear(hidden, 4 * hidden, bias=False)
         self.bias = nn.Parameter(torch.zeros(4 * hidden))
@@ -77,25 +78,42 @@ class LSTMLayer(nn.Module):
 
     def forward(self, xs: torch.Tensor) -> torch.Tensor:
         """xs [T, B, F] -> the hidden states [T, B, H]."""
-        input_terms = self.input_weights(xs)  # every step's W_x x_t in one product, normalized in one call
-        if self.input_norm is not None:
-            input_terms = self.input_norm.all_steps(input_terms)
-        h = c = xs.new_zeros(xs.shape[1], self.hidden)
+        input_terms = self.input_terms(xs)
+        h, c = self.initial_state(xs)
         hs = []
-        for t in range(xs.shape[0]):
-            x_term, h_term = input_terms[t], self.hidden_weights(h)
-            if self.hidden_norm is not None:
-                h_term = self.hidden_norm(h_term, t)
-            i, f, g, o = (x_term + h_term + self.bias).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c if self.cell_norm is None else self.cell_norm(c, t))
+        for t, x_term in enumerate(input_terms):
+            h, c = self.step(x_term, h, c, t)
             hs.append(h)
         return torch.stack(hs)
+
+    def initial_state(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_0, c_0): zeros, as nn.LSTM's; in training h_0 is Gaussian noise of std h0_noise where it
+        is set. Noise makes the examples' first hidden terms differ: over steps whose input is the
+        same in every example (MNIST's blank first rows and pixels), BN's batch variance would
+        otherwise be 0 (Cooijmans et al. 2016 add such noise for sequential MNIST)."""
+        h = c = xs.new_zeros(xs.shape[1], self.hidden)
+        if self.training and self.h0_noise:
+            h = torch.randn_like(h) * self.h0_noise
+        return h, c
+
+    def input_terms(self, xs: torch.Tensor) -> torch.Tensor:
+        """Every step's N_in(W_x x_t) [T, B, 4H]: one product, normalized in one call."""
+        terms = self.input_weights(xs)
+        return terms if self.input_norm is None else self.input_norm.all_steps(terms)
+
+    def step(self, x_term: torch.Tensor, h: torch.Tensor, c: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step t: (h_t, c_t) from its input term and (h_{t-1}, c_{t-1})."""
+        h_term = self.hidden_weights(h)
+        if self.hidden_norm is not None:
+            h_term = self.hidden_norm(h_term, t)
+        i, f, g, o = (x_term + h_term + self.bias).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c if self.cell_norm is None else self.cell_norm(c, t)), c
 
 
 class LSTM(nn.Module):
     def __init__(self, input_shape: tuple, num_classes: int, sequence, hidden: int, layers: int, forget_bias: float,
-                 make_norm, where: tuple):
+                 make_norm, where: tuple, h0_noise: float = 0.0):
         """make_norm(features, steps, shift): a norm for one path of a layer (None: no norm)."""
         super().__init__()
         self.sequence = sequence
@@ -103,7 +121,7 @@ class LSTM(nn.Module):
         self.layers = nn.ModuleList()
         for _ in range(layers):
             self.layers.append(LSTMLayer(features, hidden, lambda c, shift: make_norm(c, steps, shift), where,
-                                         forget_bias))
+                                         forget_bias, h0_noise))
             features = hidden
         self.classifier = nn.Linear(hidden, num_classes)
 
