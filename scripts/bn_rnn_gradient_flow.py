@@ -10,7 +10,8 @@ Writes to --out: runs.csv, one row per seed and variant, with grad_orders = log1
 ||dL/dh_T||), the orders of magnitude the gradient gains (or, negative, loses) from the last step
 back to the first, computed in float64, where a vanished gradient still has a size; curves.csv,
 every step's norm; gradient_flow.png; then decides the claims file (default
-results/bn_rnn/gradient_flow/claims.yaml) with `bnexp report runs.csv --claims`.
+results/bn_rnn/gradient_flow/claims.yaml) with `bnexp report runs.csv --claims`, unless a run's
+gradient is not finite (its status: failed): then it says which, and writes no verdict.
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ VARIANTS = ("norm=batch,norm.gain_init=1.0", "norm=batch,norm.gain_init=0.1", "n
 BASELINE = VARIANTS[0]
 
 
-def gradient_norms(overrides: list[str], seed: int, data=None) -> list[float]:
-    """||dL/dh_t|| for t = 1..T, for the model of `overrides` at seed's initial weights on seed's
-    first batch (of `data` reseeded, where given: the dataset of `overrides` built once)."""
-    cfg = compose(["model=lstm", "model.sequence=pixels", f"trainer.seed={seed}", *overrides])
+def config(overrides: list[str]):
+    """The model of `overrides` reading pixels, its settings checked."""
+    cfg = compose(["model=lstm", "model.sequence=pixels", *overrides])
     validate(cfg)
-    data = datasets.build(cfg.data, cfg.trainer, torch.device("cpu")) if data is None else data.reseeded(seed)
+    return cfg
+
+
+def gradient_norms(cfg, seed: int, data) -> list[float]:
+    """||dL/dh_t|| for t = 1..T, for the model of `cfg` at seed's initial weights on seed's first
+    batch of `data` (the dataset of `cfg`, built once)."""
+    data = data.reseeded(seed)
     torch.manual_seed(seed)  # as a training run of this seed draws its weights
     model = models.build(cfg.model, cfg.norm, data.input_shape, data.num_classes).train().double()
     x, y = data.next_batch(0)
@@ -66,11 +72,12 @@ def figure(curves: dict[str, list[list[float]]], title: str, path: Path) -> None
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, runs in curves.items():
-        logs = torch.tensor(runs).clamp(min=1e-30).log10()  # [seeds, T]
+        logs = torch.tensor(runs, dtype=torch.float64).log10()  # [seeds, T]; float64: sizes down to 1e-308
         steps = range(1, logs.shape[1] + 1)
         line, = ax.plot(steps, logs.median(0).values, label=f"{name} (median of {len(runs)} seeds)")
         ax.fill_between(steps, logs.min(0).values, logs.max(0).values, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="time step t (pixel)", ylabel="log10 ||dL/dh_t||", title=title)
+    ax.set(xlabel="time step t (pixel)", ylabel="log10 ||dL/dh_t||")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -92,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     data = datasets.build(compose([f"data={args.data}"]).data, compose([]).trainer, torch.device("cpu"))
     for name in VARIANTS:
         curves[name] = []
+        cfg = config([f"data={args.data}", *args.overrides, *name.split(",")])
         for seed in range(args.seeds):
-            norms = gradient_norms([f"data={args.data}", *args.overrides, *name.split(",")], seed, data)
+            norms = gradient_norms(cfg, seed, data)
             curves[name].append(norms)
             orders = math.log10(norms[0] / norms[-1]) if norms[0] > 0 and norms[-1] > 0 else float("nan")
             rows.append({"variant": name, "baseline": name == BASELINE, "run": f"{name}/seed={seed}", "seed": seed,
@@ -110,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, runs in curves.items():
             w.writerows((name, seed, t + 1, v) for seed, norms in enumerate(runs) for t, v in enumerate(norms))
     setting = " ".join(args.overrides) or "h_0 = 0"
-    figure(curves, f"{args.data}, pixel by pixel, at initialization, {setting} (torch {torch.__version__}, "
+    figure(curves, f"{args.data}, pixel by pixel, at initialization, {setting}\n(torch {torch.__version__}, "
            f"{platform.machine()})", args.out / "gradient_flow.png")
+    broken = [r["run"] for r in rows if r["status"] != "completed"]
+    if broken:  # a gradient beyond float64's range: nothing to compare, and no verdict that looks like one
+        for stale in ("verdict.md", "verdict.csv"):
+            (args.out / stale).unlink(missing_ok=True)
+        print(f"no verdicts: {len(broken)} of {len(rows)} runs' gradients are not finite ({', '.join(broken)})")
+        return 0
     return report([str(args.out / "runs.csv"), "--claims", str(args.claims), "--out", str(args.out)])
 
 
