@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnexp import checkpoint, models, norm
-from bnexp.config import compose, validate
+from bnexp.config import check_replicable, compose, validate
 from bnexp.errors import UserError
 from bnexp.models.lstm import as_sequence
 from bnexp.train import run
@@ -371,3 +371,33 @@ def test_a_run_reports_the_accuracy_lost_on_longer_sequences(tmp_path):
 def test_longer_sequences_are_refused_where_they_mean_nothing(overrides, message):
     with pytest.raises(UserError, match=message):
         validate(compose(overrides))
+
+
+def test_h0_noise_is_drawn_in_training_only():
+    model = build("norm=none", "model.h0_noise=0.5")
+    xs = torch.zeros(6, 4, 5)
+    [layer] = model.layers
+    h, c = layer.initial_state(xs)
+    assert h.std() > 0.2 and not c.any()  # noise in h_0 alone
+    model.eval()
+    h, c = layer.initial_state(xs)
+    assert not h.any() and not c.any()
+
+
+def test_h0_noise_keeps_a_norm_of_blank_rows_finite():
+    """MNIST's first rows are 0 in every image: without noise in h_0 each step's terms are 0, and a
+    norm of a zero vector multiplies the gradient by gain / sqrt(eps) per step, past float32's range."""
+    x, y = torch.zeros(8, 1, 28, 28), torch.arange(8) % 3
+    x[:, :, 20:] = torch.rand(8, 1, 8, 28)  # ink in the last rows only
+    finite = {}
+    for noise in (0.0, 0.1):
+        torch.manual_seed(0)
+        model = build("norm=layer", f"model.h0_noise={noise}", shape=(1, 28, 28))
+        F.cross_entropy(model(x), y).backward()
+        finite[noise] = all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert finite == {0.0: False, 0.1: True}
+
+
+def test_h0_noise_is_refused_with_replicas():
+    with pytest.raises(UserError, match="model.h0_noise draws its noise"):
+        check_replicable(compose(["model=lstm", "model.h0_noise=0.1", "trainer.replicas=2"]))
