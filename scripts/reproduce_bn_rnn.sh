@@ -48,12 +48,14 @@ case "${1:-}" in
   main)
     "$bnexp" train -m experiment="${MODELS:-lstm,bn_lstm,bn_lstm_gain1,bn_lstm_shared,bn_lstm_input,ln_lstm}" \
       "${common[@]}" optim.lr="$(lr)" trainer.seed="$seeds" hydra.sweep.dir="$sweeps/main" "${@:2}" ;;
-  small)  # 48,000 examples: 750 steps of 64, 12,000 of 4 (Adam's lr / 4); the training set evaluated too
+  small)  # 48,000 examples: 750 steps of 64, 12,000 of 4 (Adam's lr / 4); 6 evaluations, of the test and
+    # the training set (the claims read the final ones), no variable-length test
     rate=$(lr)
     small=(experiment="${MODELS:-bn_lstm,ln_lstm}" "${common[@]}" trainer.eval_train=true trainer.seed="$seeds"
-           hydra.sweep.dir="$sweeps/small")
-    "$bnexp" train -m "${small[@]}" trainer.batch_size=64 trainer.max_steps=750 optim.lr="$rate" "${@:2}"
-    "$bnexp" train -m "${small[@]}" trainer.batch_size=4 trainer.max_steps=12000 \
+           trainer.eval_schedule=every 'probes.longer_rows=[]' hydra.sweep.dir="$sweeps/small")
+    "$bnexp" train -m "${small[@]}" trainer.batch_size=64 trainer.max_steps=750 trainer.eval_every=125 \
+      optim.lr="$rate" "${@:2}"
+    "$bnexp" train -m "${small[@]}" trainer.batch_size=4 trainer.max_steps=12000 trainer.eval_every=2000 \
       optim.lr="$("$python" -c "print($rate / 4)")" "${@:2}" ;;
   report)
     "$bnexp" report "$sweeps/main" --baseline lstm --targets "$targets" --claims "$out/claims.yaml" --out "$out"
