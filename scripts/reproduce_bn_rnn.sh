@@ -59,6 +59,7 @@ case "${1:-}" in
       optim.lr="$("$python" -c "print($rate / 4)")" "${@:2}" ;;
   report)
     "$bnexp" report "$sweeps/main" --baseline lstm --targets "$targets" --claims "$out/claims.yaml" --out "$out"
+    "$python" scripts/bn_rnn_lengths.py "$out/runs.csv" --out "$out/lengths.png"  # accuracy against test length
     "$bnexp" report "$sweeps/small" --variant-keys name,trainer.batch_size \
       --baseline name=bn_lstm,trainer.batch_size=64 --claims results/bn_rnn/small_batch/claims.yaml \
       --out "results/bn_rnn/small_batch/$data" ;;
