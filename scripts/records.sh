@@ -1,17 +1,20 @@
-# Sourced by reproduce_inception.sh and reproduce_schedule.sh: the one definition of a study's
+# Sourced by reproduce_inception.sh, reproduce_schedule.sh and reproduce_bn_rnn.sh: the one definition of a study's
 # committed records.
 
-# save_records SWEEPS OUT SWEEP...: each run's config, summary and metrics (all a report reads, no
-# checkpoints) under OUT/records, laid out as the runs are under SWEEPS (a replicated job's seeds in
-# its seed_<s> dirs). Copied back into SWEEPS on another machine (cp -r OUT/records/. SWEEPS), the
-# steps skip them as finished and the reports read them as if made there.
+# save_records SWEEPS OUT SWEEP...: each finished run's config, summary and metrics (all a report
+# reads, no checkpoints) under OUT/records, laid out as the runs are under SWEEPS (a replicated job's
+# seeds in its seed_<s> dirs). Copied back into SWEEPS on another machine (cp -r OUT/records/. SWEEPS),
+# the steps skip them as finished and the reports read them as if made there. A run that has not
+# finished (completed or diverged) is left out: it can only go on from its checkpoints.
 save_records() {
   local sweeps=$1 out=$2 sweep run record
   rm -rf "$out/records"
   for sweep in "${@:3}"; do
+    [ -d "$sweeps/$sweep" ] || continue  # a step not begun
     # Every run writes a config.yaml (Hydra's own copy lives in .hydra/).
     find "$sweeps/$sweep" -name config.yaml -not -path '*/.hydra/*' | sort | while read -r run; do
       run=$(dirname "$run")
+      grep -qsE '"status": "(completed|diverged)"' "$run/summary.json" || continue
       record=$out/records/${run#"$sweeps"/}
       mkdir -p "$record"
       cp "$run"/{config.yaml,summary.json,metrics.csv} "$record"

@@ -9,7 +9,11 @@
 #   bash scripts/reproduce_bn_rnn.sh small     # 3) BN- and LN-LSTM at batch 4 and 64, 48,000 examples each
 #   bash scripts/reproduce_bn_rnn.sh report    # 4) reports, runs.csv and verdicts of both claims files
 #   bash scripts/reproduce_bn_rnn.sh gradient_flow  # the one-batch gradient-flow measurement (no training)
+#   bash scripts/reproduce_bn_rnn.sh records   # the finished runs' records into results/bn_rnn/<data>/records
 #
+# `records` keeps what a report reads of every finished run (config, summary, metrics), so that
+# another machine can go on: mkdir -p ~/bnexp-runs/bn_rnn_<data> && cp -r results/bn_rnn/<data>/records/. ~/bnexp-runs/bn_rnn_<data>
+# brings them back; the steps then skip them and train the rest.
 # The lr is chosen by code (scripts/best_lr.py: the highest mean best accuracy) and written to
 # results/bn_rnn/<data>/lr_sweep/choice.md; `main` and `small` read it from the sweep, or LR=... .
 # At batch 4 Adam's lr is a quarter of it (the square-root rule: 4 = sqrt(64 / 4)).
@@ -63,10 +67,11 @@ case "${1:-}" in
     "$bnexp" report "$sweeps/small" --variant-keys name,trainer.batch_size \
       --baseline name=bn_lstm,trainer.batch_size=64 --claims results/bn_rnn/small_batch/claims.yaml \
       --out "results/bn_rnn/small_batch/$data" ;;
+  records) . scripts/records.sh; save_records "$sweeps" "$out" lr_sweep main small ;;
   gradient_flow)  # 10 seeds, with noise in h_0 (the claims' setting) and without (3 seeds)
     "$python" scripts/bn_rnn_gradient_flow.py --data "$data" --seeds 10 \
       --out "results/bn_rnn/gradient_flow/${data}_h0_noise" model.h0_noise=0.1
     "$python" scripts/bn_rnn_gradient_flow.py --data "$data" --seeds 3 --out "results/bn_rnn/gradient_flow/$data" ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 lr_sweep | main | small | report | gradient_flow [overrides]" >&2
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 lr_sweep | main | small | report | records | gradient_flow [overrides]" >&2
      exit 2 ;;
 esac
