@@ -4,7 +4,7 @@
 # shared statistics, gain 0.1 and 1, input term only) and Ba et al.'s LN: configs/experiment/lstm.yaml
 # and the presets beside it, 5 seeds each (SEEDS to change them).
 #
-#   bash scripts/reproduce_bn_rnn.sh lr_sweep  # 1) the LSTM's Adam lr: 4 values x 2 seeds, 1,000 steps
+#   bash scripts/reproduce_bn_rnn.sh lr_sweep  # 1) the LSTM's Adam lr: 6 values x 2 seeds, 1,000 steps
 #   bash scripts/reproduce_bn_rnn.sh main      # 2) the six presets at that lr, 3,000 steps
 #   bash scripts/reproduce_bn_rnn.sh small     # 3) BN- and LN-LSTM at batch 4 and 64, 48,000 examples each
 #   bash scripts/reproduce_bn_rnn.sh report    # 4) reports, runs.csv and verdicts of both claims files
@@ -45,7 +45,7 @@ lr() {  # the LSTM's lr: LR, or the sweep's choice
 
 case "${1:-}" in
   lr_sweep)
-    "$bnexp" train -m experiment=lstm "${common[@]}" optim.lr=0.0005,0.001,0.002,0.005 trainer.seed=0,1 \
+    "$bnexp" train -m experiment=lstm "${common[@]}" optim.lr=0.0005,0.001,0.002,0.005,0.01,0.02 trainer.seed=0,1 \
       trainer.max_steps=1000 hydra.sweep.dir="$sweeps/lr_sweep" "${@:2}"
     "$bnexp" report "$sweeps/lr_sweep" --targets "${targets%,*}" --out "$out/lr_sweep"
     "$python" scripts/best_lr.py "$sweeps/lr_sweep" --out "$out/lr_sweep/choice.md" ;;
