@@ -401,3 +401,33 @@ def test_h0_noise_keeps_a_norm_of_blank_rows_finite():
 def test_h0_noise_is_refused_with_replicas():
     with pytest.raises(UserError, match="model.h0_noise draws its noise"):
         check_replicable(compose(["model=lstm", "model.h0_noise=0.1", "trainer.replicas=2"]))
+
+
+def test_lengths_figure_reads_accuracy_at_each_length_from_runs_csv(tmp_path):
+    """scripts/bn_rnn_lengths.py: accuracy at 28 + k rows = the final accuracy minus that run's drop;
+    unfinished runs left out; the figure written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    header = "variant,run,status,final_accuracy,longer/append4/drop,longer/prepend4/drop,longer/append16/drop\n"
+    rows = ["bn,a,completed,0.9,0.1,0.2,0.5", "bn,b,completed,0.8,0.0,0.2,0.3", "bn,c,interrupted,0.1,0.0,0.0,0.0",
+            "ln,a,completed,0.9,0.0,0.0,0.05", "ln,b,completed,0.9,0.0,0.0,0.05"]
+    (tmp_path / "runs.csv").write_text(header + "\n".join(rows) + "\n")
+    scripts = Path(__file__).parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        from bn_rnn_lengths import lengths
+    finally:
+        sys.path.remove(str(scripts))
+    from bnexp.claims import read_runs_csv
+
+    found = lengths(read_runs_csv((tmp_path / "runs.csv").read_text()))
+    append = {length: e.value for length, e in found["append"]["bn"]}
+    assert append == pytest.approx({28: 0.85, 32: 0.8, 44: 0.45})
+    assert [length for length, _ in found["prepend"]["ln"]] == [28, 32]
+    assert found["append"]["bn"][0][1].n == 2  # the interrupted run left out
+    done = subprocess.run([sys.executable, scripts / "bn_rnn_lengths.py", tmp_path / "runs.csv", "--out",
+                           tmp_path / "lengths.png"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "lengths.png").stat().st_size > 1000
