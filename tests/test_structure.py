@@ -4,6 +4,7 @@ itself), the error type is a leaf, and commands that need no torch do not import
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -114,24 +115,30 @@ def test_the_shell_scripts_parse(script):
     assert done.returncode == 0, done.stderr
 
 
-def test_save_records_keeps_every_run_a_report_reads(tmp_path):
+def test_save_records_keeps_every_finished_run_a_report_reads(tmp_path):
     """scripts/records.sh: a plain job's files and a replicated job's seeds (RUN/seed_<s>) are kept,
-    laid out as under the sweeps, Hydra's own config copies are not; a run without a summary stops it."""
+    laid out as under the sweeps, Hydra's own config copies are not; a run that has not finished
+    (stopped, or no summary yet) is left out, and a step not begun is passed over."""
     sweeps, out = tmp_path / "sweeps", tmp_path / "out"
-    runs = [sweeps / "main" / "experiment=a,trainer.seed=0",
-            *(sweeps / "fast" / "experiment=b,trainer.seed=0" / f"seed_{s}" for s in (0, 1))]
-    for run in runs:
+    runs = {sweeps / "main" / "experiment=a,trainer.seed=0": "completed",
+            sweeps / "main" / "experiment=a,trainer.seed=1": "interrupted",
+            sweeps / "main" / "experiment=a,trainer.seed=2": None,
+            **{sweeps / "fast" / "experiment=b,trainer.seed=0" / f"seed_{s}": status
+               for s, status in ((0, "completed"), (1, "diverged"))}}
+    for run, status in runs.items():
         (run / ".hydra").mkdir(parents=True)
-        for name in ("config.yaml", "summary.json", "metrics.csv", ".hydra/config.yaml", "events.out.tfevents.1"):
+        for name in ("config.yaml", "metrics.csv", ".hydra/config.yaml", "events.out.tfevents.1"):
             (run / name).write_text(name)
-    save = f'. {PACKAGE.parent / "scripts" / "records.sh"}; set -euo pipefail; save_records {sweeps} {out} main fast'
+        if status:
+            (run / "summary.json").write_text(json.dumps({"status": status, "steps": 10}, indent=2))
+    records = PACKAGE.parent / "scripts" / "records.sh"
+    save = f". {records}; set -euo pipefail; save_records {sweeps} {out} main fast small"
     done = subprocess.run(["bash", "-c", save], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     kept = sorted(str(p.relative_to(out / "records")) for p in (out / "records").rglob("*") if p.is_file())
-    assert kept == sorted(f"{run.relative_to(sweeps)}/{name}" for run in runs
+    assert kept == sorted(f"{run.relative_to(sweeps)}/{name}" for run, status in runs.items()
+                          if status in ("completed", "diverged")
                           for name in ("config.yaml", "metrics.csv", "summary.json"))
-    (runs[1] / "summary.json").unlink()  # unfinished
-    assert subprocess.run(["bash", "-c", save], capture_output=True, text=True).returncode != 0
 
 
 @pytest.mark.parametrize("args, says", [(["run", "0.5x"], "'0.5x' is not a width > 0"),
