@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from bnexp import shift
 from bnexp.errors import UserError, first_line
 
 
@@ -236,15 +237,29 @@ def _downloaded(c: Checks) -> None:
     c.flag("data.download")
 
 
+def _shift(c: Checks) -> None:
+    name, severity = c.value("data.shift"), c.value("data.shift_severity")
+    if name is None:
+        if severity is not None:
+            raise UserError(f"data.shift_severity={severity} needs a corruption: set data.shift=... too")
+        return
+    c.text("data.shift")
+    shift.severity_of(name, severity)  # an unknown name or a severity out of range, refused by name
+
+
 def _mnist(c: Checks) -> None:
     _downloaded(c)
     _pixels(c)
     _distortion(c)
     _subset(c)
+    _shift(c)
 
 
 def _cifar10(c: Checks) -> None:
-    _mnist(c)
+    _downloaded(c)
+    _pixels(c)
+    _distortion(c)
+    _subset(c)
     c.whole("data.crop_padding", ">= 0")
     c.flag("data.flip")
 

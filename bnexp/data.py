@@ -3,7 +3,7 @@
 Every dataset is a `BatchSource`. Which examples form batch `step` is a pure function of
 (seed, step): a fresh permutation every epoch from a seeded generator. Runs are reproducible and
 a resumed run draws the same batches. MNIST's and Fashion-MNIST's fetching and checking live in
-bnexp/mnist.py.
+bnexp/mnist.py, their shifted test sets (data.shift) in bnexp/shift.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from bnexp.errors import RunFailed, UserError
 from bnexp.mnist import load_fashion_mnist, load_mnist
+from bnexp.shift import shifted_test_set
 
 
 class BatchSource(Protocol):
@@ -210,6 +211,8 @@ def build(cfg: DictConfig, trainer: DictConfig, device: torch.device, shard=(0, 
     if cfg.name in ("mnist", "fashion_mnist"):
         load = load_mnist if cfg.name == "mnist" else load_fashion_mnist
         (train_x, train_y), (test_x, test_y) = load(Path(cfg.root), download=cfg.download)
+        if cfg.shift is not None:  # the test set alone: training never sees a corruption
+            test_x = shifted_test_set(test_x, cfg.name, Path(cfg.root), cfg.shift, cfg.shift_severity)
         num_classes = 10
     elif cfg.name == "cifar10":
         (train_x, train_y), (test_x, test_y) = load_cifar10(Path(cfg.root), download=cfg.download)
