@@ -18,7 +18,6 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from bnexp import shift
 from bnexp.errors import UserError, first_line
 
 
@@ -244,6 +243,8 @@ def _shift(c: Checks) -> None:
             raise UserError(f"data.shift_severity={severity} needs a corruption: set data.shift=... too")
         return
     c.text("data.shift")
+    from bnexp import shift  # here: commands that train nothing never import torch
+
     shift.severity_of(name, severity)  # an unknown name or a severity out of range, refused by name
 
 
