@@ -248,19 +248,20 @@ def _shift(c: Checks) -> None:
     shift.severity_of(name, severity)  # an unknown name or a severity out of range, refused by name
 
 
-def _mnist(c: Checks) -> None:
+def _downloaded_images(c: Checks) -> None:  # MNIST, Fashion-MNIST, CIFAR-10
     _downloaded(c)
     _pixels(c)
     _distortion(c)
     _subset(c)
+
+
+def _mnist(c: Checks) -> None:
+    _downloaded_images(c)
     _shift(c)
 
 
 def _cifar10(c: Checks) -> None:
-    _downloaded(c)
-    _pixels(c)
-    _distortion(c)
-    _subset(c)
+    _downloaded_images(c)
     c.whole("data.crop_padding", ">= 0")
     c.flag("data.flip")
 

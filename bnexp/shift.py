@@ -309,7 +309,7 @@ def zigzag(x, _, g):
     r1 = r0 + torch.randint(-5, 5, (len(x),), generator=g)
     theta = torch.atan((r1 - r0) / (c1 - c0))
     length = (c1 - c0) / theta.cos()
-    teeth = int((float(length.min()) - a) // (2 * a)) + 1  # 5 for every slope that can be drawn
+    teeth = int((float(length.min()) - a) // (2 * a)) + 1  # 6 for every slope that can be drawn
     assert teeth == int((float(length.max()) - a) // (2 * a)) + 1
     points = [(torch.zeros_like(r0), torch.zeros_like(r0))]
     points += [(torch.full_like(r0, (2 * i + 1) * a), torch.full_like(r0, (-1) ** i * b)) for i in range(teeth)]
