@@ -90,10 +90,8 @@ def load_latest(run_dir: Path, at_most: int | None = None, required: tuple[str, 
     """The newest readable checkpoint (of a step <= at_most, if given) holding the `required` keys,
     None when the run has none; its file under "file". Its RNG states, under "rng", are the caller's
     to restore (set_rng_states): loading changes nothing but what it returns."""
-    found = checkpoints(run_dir)
+    found = [p for p in checkpoints(run_dir) if at_most is None or step_of(p) <= at_most]
     for path in found:
-        if at_most is not None and step_of(path) > at_most:
-            continue
         try:
             # weights_only=False: the RNG states are numpy and python objects. These files are the
             # run's own, written above; never load a checkpoint from a source you do not trust.

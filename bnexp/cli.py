@@ -52,6 +52,9 @@ commands:
                       (what `bnexp train <its overrides> hydra.run.dir=RUN_DIR` does)
   finalize RUN_DIR    re-evaluate a run with the paper's population statistics (Algorithm 2)
                       instead of moving averages, on the same weights: RUN_DIR/finalized.json
+  evaluate RUN_DIR    test accuracy on the clean and the corrupted test sets (data.shift), with BN's
+                      moving averages, precise statistics, statistics re-estimated on test images
+                      (AdaBN) or batch statistics: RUN_DIR/evaluate/step_<step>/evaluation.csv
   report PATH...      tables (markdown, csv) and figures from runs or sweeps: steps to the
                       baseline's best accuracy, speed-up, best accuracy over seeds, with 95%
                       intervals; runs.csv; with --claims, each claim's computed verdict
@@ -265,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         from bnexp.finalize import main as finalize
 
         return finalize(rest)
+    if command == "evaluate":
+        from bnexp.evaluate import main as evaluate
+
+        return evaluate(rest)
     if command == "report":
         from bnexp.report import main as report
 

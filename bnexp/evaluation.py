@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -38,38 +39,61 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def test_metrics(model: nn.Module, data, prepare=lambda x: x, split: str = "test") -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set, or on
-    the training set with split="train"; `prepare` puts each batch in the model's memory layout."""
-    model.eval()
+def metrics(model: nn.Module, batches, prepare=lambda x: x) -> tuple[float, float, int]:
+    """(accuracy, mean cross-entropy, examples) of `model` over (x, y) batches, in the modes its
+    layers are in (the caller sets them); `prepare` puts each batch in the model's memory layout."""
     correct = loss_sum = n = 0
-    for x, y in data.eval_batches(split):
+    for x, y in batches:
         logits = model(prepare(x))
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
-    model.train()
-    return correct.item() / n, loss_sum.item() / n
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    return correct.item() / n, loss_sum.item() / n, n
 
 
-@torch.inference_mode()
-def error_with_batch_statistics(model: nn.Module, batch_norms: list[nn.Module], data, batch_size: int,
-                                prepare=lambda x: x) -> float:
-    """Test error when BN normalizes each test batch (of the training batch size) with its own
-    statistics, as in training: beside test/error it shows the train/inference gap. The running
-    statistics are restored afterwards; a last partial batch is left out."""
+def test_metrics(model: nn.Module, data, prepare=lambda x: x, split: str = "test") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set, or on
+    the training set with split="train"."""
+    model.eval()
+    try:
+        accuracy, loss, _ = metrics(model, data.eval_batches(split), prepare)
+    finally:
+        model.train()
+    return accuracy, loss
+
+
+@contextmanager
+def batch_statistics(model: nn.Module, batch_norms: list[nn.Module]):
+    """The inference network but for `batch_norms`, which normalize each batch with its own
+    statistics, as in training; their running statistics are restored afterwards (and the model
+    left in train mode, as test_metrics leaves it)."""
     saved = [{k: b.clone() for k, b in m.named_buffers()} for m in batch_norms]
     model.eval()
     for m in batch_norms:
         m.train()
-    wrong, n = 0, 0
-    for x, y in data.eval_batches():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-            if len(yb) == batch_size:
-                wrong += (model(prepare(xb)).argmax(1) != yb).sum()
-                n += batch_size
-    for m, buffers in zip(batch_norms, saved, strict=True):
-        for k, b in m.named_buffers():
-            b.copy_(buffers[k])
-    model.train()
-    return (wrong / max(n, 1)).item()
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, buffers in zip(batch_norms, saved, strict=True):
+                for k, b in m.named_buffers():
+                    b.copy_(buffers[k])
+        model.train()
+
+
+def error_with_batch_statistics(model: nn.Module, batch_norms: list[nn.Module], data, batch_size: int,
+                                prepare=lambda x: x) -> float:
+    """Test error when BN normalizes each test batch (of the training batch size) with its own
+    statistics, as in training: beside test/error it shows the train/inference gap. A last
+    partial batch is left out."""
+    def full_batches():
+        for x, y in data.eval_batches():
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+                if len(yb) == batch_size:
+                    yield xb, yb
+
+    with batch_statistics(model, batch_norms):
+        accuracy, _, n = metrics(model, full_batches(), prepare)
+    return 1 - accuracy if n else 0.0

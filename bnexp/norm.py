@@ -165,6 +165,33 @@ def finalize_population(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
     return count
 
 
+@torch.no_grad()
+def adapt_population(model: nn.Module, images: torch.Tensor, prior: float) -> None:
+    """Statistics re-estimated on n unlabeled test images (AdaBN, Li et al. 2016) with a source
+    prior (Schneider et al. 2020): every BN layer's inference statistics become N/(N+n) of those it
+    holds plus n/(N+n) of the images' at its input (the mean, and m/(m-1) times the biased variance,
+    as population statistics are), in one pass through the inference network, so that each layer
+    meets its input with the layers before it already adapted. prior N=0: the images' alone."""
+    weight = len(images) / (prior + len(images))
+
+    def mix(layer, args):
+        x = args[0]
+        var, mean = torch.var_mean(x, _stats_dims(x), unbiased=False)
+        m = x.numel() // x.shape[1]
+        layer.running_mean.lerp_(mean, weight)
+        layer.running_var.lerp_(var * m / max(m - 1, 1), weight)
+
+    handles = [layer.register_forward_pre_hook(mix) for layer in population_layers(model)]
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def batch_statistics_layers(model: nn.Module) -> list[nn.Module]:
     """The layers that normalize with batch statistics in training (BN and its variants)."""
     return [m for m in model.modules()
