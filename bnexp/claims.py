@@ -27,8 +27,12 @@ the log10 of the first weight layer's gradient norm over the last one's at the i
 (probes.grad_every): 2 means the first layer's gradient is 100x the last layer's. probe and
 probe_gain read the runs.csv column a claim names as `probe: ics/hidden3/cos@1-2500`: a step probe's
 median over a phase of training (bnexp report --phases 1-2500), or `probe: longer/append16/drop`: the
-test accuracy lost on sequences 16 rows longer, at the last evaluation (probes.longer_rows); the
-mean over seeds (Student t), or the variant's minus the baseline's (Welch t).
+test accuracy lost on sequences 16 rows longer, at the last evaluation (probes.longer_rows), or
+`probe: evaluate/noise/target_n512_prior0`: an accuracy of `bnexp evaluate` (a set or family, and a
+mode); the mean over seeds (Student t), or the variant's minus the baseline's (Welch t). A probe may
+be one column minus another, run by run (`probe: evaluate/noise/target_n512_prior0 - evaluate/noise/running`:
+what re-estimating gains in each run), and probe_gain may read the baseline's runs in another column
+(`baseline_probe:`, e.g. an LN net's running accuracy against a BN net's adapted one).
 
 The rule splits the line into regions: above `holds_above` the claim holds, between it and
 `partly_above` it holds in part, below that it does not hold (mirrored for `holds_below`). An
@@ -79,7 +83,9 @@ class Claim:
     baseline: str | None
     target: str  # one of BASELINE_TARGETS, or a fixed accuracy as runs.csv names its column ("0.9")
     rule: dict
-    probe: str | None = None  # probe, probe_gain: the runs.csv column they read ("ics/hidden3/cos@1-2500")
+    probe: str | None = None  # probe, probe_gain: the runs.csv column they read ("ics/hidden3/cos@1-2500"),
+    # or one column minus another of the same run ("evaluate/noise/target_n512_prior0 - evaluate/noise/running")
+    baseline_probe: str | None = None  # probe_gain: the baseline's column, where it is not `probe`
 
 
 @dataclass(frozen=True)
@@ -145,14 +151,18 @@ def load(name: str) -> ClaimsFile:
         if target not in BASELINE_TARGETS and not (_is_number(target) and 0 < float(target) <= 1):
             raise UserError(f"{where}: target must be target (the baseline's mean best), every_seed (its lowest "
                             f"best) or an accuracy in (0, 1], got {target!r}")
-        probe = c.get("probe")
+        probe, baseline_probe = c.get("probe"), c.get("baseline_probe")
         if (c["measure"] in ("probe", "probe_gain")) != (probe is not None):
             raise UserError(f"{where}: probe (a runs.csv column: <tag>@<first>-<last>, longer/<side><k>/drop) goes "
                             "with measure probe or probe_gain, and only with them")
+        if baseline_probe is not None and c["measure"] != "probe_gain":
+            raise UserError(f"{where}: baseline_probe (the baseline's runs.csv column) goes with measure "
+                            "probe_gain only")
         claims.append(Claim(str(c.get("id", i + 1)), str(c.get("claim", "")), str(c.get("paper", "")), c["measure"],
                             str(c.get("variant", "")), c.get("baseline"),
                             target if target in BASELINE_TARGETS else f"{float(target):g}", rule,
-                            None if probe is None else str(probe)))
+                            None if probe is None else str(probe),
+                            None if baseline_probe is None else str(baseline_probe)))
     if not claims:
         raise UserError(f"{path} declares no claims")
     ids = [c.id for c in claims]
@@ -241,20 +251,24 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
             raise UserError(f"claim {claim.id}: runs.csv has no {column}: add {claim.target} to the report's --targets")
         needed = claim.probe or PROBE_COLUMN.get(claim.measure)
         read = [claim.variant, *([baseline] if claim.measure.endswith("_gain") else [])]
-        if claim.probe and claim.probe not in rows[0]:
-            how = (f"make the report with --phases {claim.probe.rpartition('@')[2]} from runs that took the ICS and "
-                   "landscape probes" if "@" in claim.probe else "train its runs with probes.longer_rows")
-            raise UserError(f"claim {claim.id}: runs.csv has no {claim.probe}: {how}")
-        if claim.probe and not all(r.get(needed) for name in read for r in by_variant[name]):
-            raise UserError(f"claim {claim.id}: {claim.probe} is empty in some runs of {' and '.join(map(repr, read))} "
-                            "(no probed step in that phase)")
-        if needed and not all(r.get(needed) for name in read for r in by_variant[name]):
+        for probe, names in (((claim.probe, [claim.variant]), (claim.baseline_probe or claim.probe, read[1:]))
+                             if claim.probe else ()):
+            for key in columns_of(probe):
+                if key not in rows[0]:
+                    how = (f"make the report with --phases {key.rpartition('@')[2]} from runs that took the ICS and "
+                           "landscape probes" if "@" in key else "run `bnexp evaluate` on its runs"
+                           if key.startswith("evaluate/") else "train its runs with probes.longer_rows")
+                    raise UserError(f"claim {claim.id}: runs.csv has no {key}: {how}")
+                if not all(r.get(key) for name in names for r in by_variant[name]):
+                    raise UserError(f"claim {claim.id}: {key} is empty in some runs of {' and '.join(map(repr, names))}"
+                                    " (no probed step in that phase, or not evaluated)")
+        if needed and not claim.probe and not all(r.get(needed) for name in read for r in by_variant[name]):
             raise UserError(f"claim {claim.id}: {claim.measure} needs {needed} in every run of "
                             f"{' and '.join(map(repr, read))}: train them with {PROBE_SETTING[needed]}")
 
         def at(level: float, claim=claim, baseline=baseline, column=column):
             return measure(claim.measure, by_variant[claim.variant], by_variant[baseline], claim.probe or column,
-                           level)
+                           level, base_column=claim.baseline_probe)
 
         value, estimate, low, high, n, method = at(stats.CONFIDENCE)
         verdict = decide(claim.rule, low, high)
@@ -333,10 +347,10 @@ def censored(rows: list[dict], column: str) -> stats.Censored:
                              [int(r["last_evaluated_step"]) for r in rows], [r["status"] == "diverged" for r in rows])
 
 
-def measure(name: str, runs: list[dict], base: list[dict], column: str,
-            level: float = stats.CONFIDENCE) -> tuple[str, float, float, float, int, str]:
+def measure(name: str, runs: list[dict], base: list[dict], column: str, level: float = stats.CONFIDENCE,
+            base_column: str | None = None) -> tuple[str, float, float, float, int, str]:
     """(shown value with interval, the value, interval low, interval high, seeds it rests on, interval
-    method)."""
+    method). base_column: probe_gain's column for the baseline's runs, where it is not `column`."""
     if name == "speedup":
         sp = stats.speedup(censored(base, column), censored(runs, column), level)
         return (stats.fmt_speedup(sp, interval=True), sp.low if sp.exact else math.nan, sp.interval_low,
@@ -349,8 +363,8 @@ def measure(name: str, runs: list[dict], base: list[dict], column: str,
         shown = stats.fmt_estimate(e, 1, 2)
     elif name in ("probe", "probe_gain"):  # column: the probe's runs.csv column
         values = column_values(column)
-        e = (stats.difference(values(runs), values(base), level) if name == "probe_gain"
-             else stats.mean(values(runs), level))
+        e = (stats.difference(values(runs), column_values(base_column or column)(base), level)
+             if name == "probe_gain" else stats.mean(values(runs), level))
         shown = f"{significant(e.value)} [{significant(e.low)}, {significant(e.high)}]"
     else:
         values, unit, scale, digits, how = VALUES[name]
@@ -367,7 +381,16 @@ def significant(x: float) -> str:  # probes span orders of magnitude: three sign
 
 
 def column_values(key: str):
+    """Each row's value of a runs.csv column, or of `a - b`: one column minus another, run by run."""
+    if " - " in key:
+        first, second = columns_of(key)
+        return lambda rows: [float(r[first]) - float(r[second]) for r in rows]
     return lambda rows: [float(r[key]) for r in rows]
+
+
+def columns_of(probe: str) -> list[str]:
+    """The runs.csv columns a probe reads: one, or two in `a - b`."""
+    return [part.strip() for part in probe.split(" - ")]
 
 
 # A mean or difference measure: (its per-run values, unit shown, scale, digits, how the interval is

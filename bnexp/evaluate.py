@@ -14,8 +14,11 @@ Modes other than running need BN's batch statistics, and are refused for models 
 The n adaptation images come from the evaluated set itself (transductively, as in AdaBN and
 Schneider et al.), the same ones for every run with the same --seed. Evaluation is in float32.
 It reads the newest checkpoint (or --step's) and writes RUN_DIR/evaluate/step_<step>/:
-evaluation.csv (a row per set and mode), evaluation.json and TensorBoard scalars
-(evaluate/<set>/<mode>/accuracy); the run's own files are left as they were.
+evaluation.csv (a row per set and mode, and each mode's mean over every corruption family
+and over all corruptions, "shifted"), evaluation.json and TensorBoard scalars
+(evaluate/<set>/<label>/accuracy); the run's own files are left as they were. `bnexp report`
+reads the newest step's accuracies into runs.csv as evaluate/<set>/<label> columns, the columns
+a claims file's probe measures name.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from bnexp.errors import UserError
 MODES = ("running", "precise", "target", "batch")
 ORDERS = ("shuffled", "by_class")
 SHIFTED = ("mnist", "fashion_mnist")  # the datasets data.shift's corruptions are defined for
-COLUMNS = ("set", "severity", "mode", "adapt_images", "prior", "batch_size", "batch_order",
-           "accuracy", "error", "loss", "examples", "seconds", "checkpoint_step")
+COLUMNS = ("set", "severity", "mode", "label", "adapt_images", "prior", "batch_size", "batch_order",
+           "accuracy", "error", "loss", "examples", "sets", "seconds", "checkpoint_step")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,9 +147,11 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
                         started = time.perf_counter()
                         accuracy, loss, n = run()
                         seconds = time.perf_counter() - started + (precise_seconds if mode == "precise" else 0)
-                        rows.append({**base, "mode": mode, **extra, "accuracy": accuracy, "error": 1 - accuracy,
-                                     "loss": loss, "examples": n, "seconds": round(seconds, 3)})
+                        row = {**base, "mode": mode, **extra, "accuracy": accuracy, "error": 1 - accuracy,
+                               "loss": loss, "examples": n, "sets": 1, "seconds": round(seconds, 3)}
+                        rows.append({**row, "label": label(row)})
                         load(layers, source)
+        rows += family_means(rows)
         out = run_dir / "evaluate" / f"step_{state['step']}"
         write(out, rows, {"run_dir": str(run_dir), "checkpoint_step": state["step"], "precise_images":
                           precise_images if "precise" in modes else None, "seed": seed})
@@ -178,6 +183,28 @@ def shifted(cfg, name: str, severity: int | None, device):
 
     data = datasets.build(with_shift(cfg.data, name, severity), cfg.trainer, device)
     return data.test_x, data.test_y
+
+
+def family_means(rows: list[dict]) -> list[dict]:
+    """A row per corruption family (shift.Corruption.family: noise, blur, ...) and one for all the
+    corruptions ("shifted") where every member was evaluated: each mode's mean over the sets."""
+    from bnexp import shift
+
+    groups = {"shifted": list(shift.CORRUPTIONS)}
+    for name, corruption in shift.CORRUPTIONS.items():
+        groups.setdefault(corruption.family, []).append(name)
+    means = []
+    for group, members in groups.items():
+        for key in dict.fromkeys(r["label"] for r in rows):
+            chosen = [r for r in rows if r["label"] == key and r["set"] in members]
+            if len(chosen) < len(members):
+                continue
+            accuracy = sum(r["accuracy"] for r in chosen) / len(chosen)
+            means.append({**chosen[0], "set": group, "severity": None, "accuracy": accuracy, "error": 1 - accuracy,
+                          "loss": sum(r["loss"] for r in chosen) / len(chosen),
+                          "examples": sum(r["examples"] for r in chosen), "sets": len(chosen),
+                          "seconds": round(sum(r["seconds"] for r in chosen), 3)})
+    return means
 
 
 def with_shift(data_cfg, name: str | None, severity: int | None):
@@ -293,12 +320,13 @@ def write(out: Path, rows: list[dict], meta: dict) -> None:
     write_json_atomic(tmp / "evaluation.json", {**meta, "rows": rows})
     with SummaryWriter(log_dir=str(tmp)) as tb:
         for row in rows:
-            tb.add_scalar(f"evaluate/{row['set']}/{label(row)}/accuracy", row["accuracy"], row["checkpoint_step"])
+            tb.add_scalar(f"evaluate/{row['set']}/{row['label']}/accuracy", row["accuracy"], row["checkpoint_step"])
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
 
 def label(row: dict) -> str:
+    """A mode with its settings in one word (runs.csv's column evaluate/<set>/<label>)."""
     if row["mode"] == "target":
         return f"target_n{row['adapt_images']}_prior{row['prior']}"
     if row["mode"] == "batch":

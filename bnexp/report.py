@@ -288,7 +288,8 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
     there (censored at last_evaluated_step); steps_to_target is the baseline's mean best (or
     --target), steps_to_every_seed its lowest best, as the report's targets A and B. With `phases`
     (--phases), each step probe's median over the run's probed steps in each phase: `<tag>@<first>-<last>`;
-    with probes.longer_rows, each `longer/<side><k>/drop` of the last evaluation."""
+    with probes.longer_rows, each `longer/<side><k>/drop` of the last evaluation; where `bnexp evaluate`
+    has evaluated a run, each `evaluate/<set>/<label>` accuracy of its newest evaluated checkpoint."""
     # The two baseline targets by their role (their values are in report.md), then the fixed ones.
     targets = {**rows[0]["targets"], **{f"{t:g}": t for t in fixed_targets}}
     fields = ["variant", "baseline", "run", "seed", "status", "steps", "max_steps", "best_accuracy", "best_step",
@@ -302,6 +303,8 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
     drops = sorted({t for runs in variants.values() for r in runs for t in r.curves if is_longer_drop(t)},
                    key=lambda t: (t.split("/")[1].rstrip("0123456789"), int(re.sub(r"\D", "", t))))
     fields += drops
+    evaluated = sorted({t for runs in variants.values() for r in runs for t in r.curves if t.startswith("evaluate/")})
+    fields += evaluated
     root = common_parent([r.path for runs in variants.values() for r in runs])
     baseline = next(r["variant"] for r in rows if r["baseline"])
     text = io.StringIO()
@@ -320,7 +323,7 @@ def runs_csv(variants: dict[str, list[Run]], rows: list[dict], fixed_targets: li
                 **{f"steps_to_{k}": first_step_reaching(r.accuracy, t) for k, t in targets.items()},
                 **probe_columns(r),
                 **{phase_column(t, phase): phase_median(r, t, phase) for t in tags for phase in phases},
-                **{t: last_value(r, t) for t in drops},
+                **{t: last_value(r, t) for t in (*drops, *evaluated)},
                 **{k: summary.get(k) for k in ("diverged_at_step", "wall_time_s", "eval_time_s", "git_commit",
                                                "git_dirty")},
             })

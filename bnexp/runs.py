@@ -85,4 +85,12 @@ def read_curves(path: Path) -> dict[str, dict[int, float]]:
             raise ValueError(f"damaged event file ({type(e).__name__}: {e})") from None
     if not curves.get("test/accuracy"):
         raise ValueError("no test/accuracy recorded (neither metrics.csv nor TensorBoard events)")
+    for table in sorted(path.glob("evaluate/step_*/evaluation.csv")):  # bnexp evaluate's, one per checkpoint
+        try:
+            with open(table, newline="") as f:
+                for row in csv.DictReader(f):
+                    tag = f"evaluate/{row['set']}/{row['label']}"
+                    curves[tag][int(row["checkpoint_step"])] = float(row["accuracy"])
+        except (KeyError, ValueError, TypeError, csv.Error) as e:
+            raise ValueError(f"damaged {table.relative_to(path)} ({type(e).__name__}: {e})") from None
     return dict(curves)

@@ -371,3 +371,52 @@ def test_phases_without_step_probes_and_a_probe_without_its_measure_are_refused(
     wrong = PHASE_CLAIMS.replace("measure: probe_gain", "measure: best_accuracy_gain")
     with pytest.raises(UserError, match="probe .* goes with measure probe or probe_gain"):
         claims.load(write(tmp_path, wrong))
+
+
+EVALUATE_CLAIMS = """study: statistics under shift
+claims:
+  - {id: adapt, claim: re-estimating gains on noise, paper: "-", measure: probe, variant: norm=batch,
+     probe: "evaluate/noise/target_n512_prior0 - evaluate/noise/running", rule: {holds_above: 0}}
+  - {id: ln, claim: LN under shift against BN adapted, paper: "-", measure: probe_gain, variant: norm=layer,
+     baseline: norm=batch, probe: evaluate/noise/running, baseline_probe: evaluate/noise/target_n512_prior0,
+     rule: {holds_below: 0}}
+"""
+
+
+def write_evaluation(path, step, rows):
+    """RUN_DIR/evaluate/step_<step>/evaluation.csv as bnexp evaluate writes it: (set, label, accuracy) rows."""
+    out = path / "evaluate" / f"step_{step}"
+    out.mkdir(parents=True)
+    lines = ["set,severity,mode,label,accuracy,checkpoint_step"]
+    lines += [f"{s},,{label.split('_')[0]},{label},{a},{step}" for s, label, a in rows]
+    (out / "evaluation.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_claims_read_bnexp_evaluates_accuracies_run_by_run_and_across_columns(bnexp, tmp_path):
+    """runs.csv gets an evaluate/<set>/<label> column per evaluated accuracy (the newest checkpoint's);
+    a probe `a - b` is the per-run difference (Student t over seeds); baseline_probe reads the
+    baseline's runs in another column (Welch t)."""
+    runs = tmp_path / "runs"
+    for seed, (running, adapted) in enumerate([(0.50, 0.80), (0.60, 0.85), (0.40, 0.78)]):
+        path = make_run(runs, f"b{seed}", "batch", seed, {0: 0.1, 2000: 0.96})
+        write_evaluation(path, 1000, [("noise", "running", 0.1), ("noise", "target_n512_prior0", 0.1)])
+        write_evaluation(path, 2000, [("noise", "running", running), ("noise", "target_n512_prior0", adapted)])
+        path = make_run(runs, f"a{seed}", "layer", seed, {0: 0.1, 2000: 0.95})
+        write_evaluation(path, 2000, [("noise", "running", 0.6 + seed / 100)])
+    done = bnexp("report", str(runs), "--claims", write(tmp_path, EVALUATE_CLAIMS), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    rows = {r["run"]: r for r in claims.read_runs_csv((tmp_path / "out" / "runs.csv").read_text())}
+    assert rows["b1"]["evaluate/noise/running"] == "0.6" and rows["a0"]["evaluate/noise/target_n512_prior0"] == ""
+    verdict = (tmp_path / "out" / "verdict.md").read_text()
+    # Gains 0.30, 0.25, 0.38: mean 0.31, sd 0.0656, t(2) 4.303: +-0.163.
+    assert "| re-estimating gains on noise | - | 0.31 [0.147, 0.473] | Student t | 3 |" in verdict
+    # LN 0.60, 0.61, 0.62 against BN adapted 0.80, 0.85, 0.78: -0.20 (Welch).
+    assert ("| LN under shift against BN adapted | - | -0.2 [-0.282, -0.118] | Welch t | 3 | holds below 0 "
+            "| **holds") in verdict
+    missing = EVALUATE_CLAIMS.replace("evaluate/noise/running, baseline_probe", "evaluate/blur/running, baseline_probe")
+    done = bnexp("report", str(runs), "--claims", write(tmp_path, missing))
+    assert done.returncode == 2 and "runs.csv has no evaluate/blur/running: run `bnexp evaluate` on its runs" \
+        in done.stderr
+    wrong = EVALUATE_CLAIMS.replace("measure: probe_gain", "measure: probe")
+    with pytest.raises(UserError, match="baseline_probe .* goes with measure probe_gain only"):
+        claims.load(write(tmp_path, wrong))

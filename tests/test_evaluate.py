@@ -210,3 +210,19 @@ def test_a_run_dir_without_a_checkpoint_is_refused(bnexp, tmp_path):
     (tmp_path / "empty").mkdir()
     done = bnexp("evaluate", str(tmp_path / "empty"))
     assert done.returncode == 2 and "not a bnexp run dir" in done.stderr
+
+
+def test_family_means_and_the_report_reads_them(bn_run):
+    rows, _ = evaluate(bn_run, sets=["all"], modes=["running"])
+    by_set = {r["set"]: r for r in rows}
+    members = [name for name, c in shift.CORRUPTIONS.items() if c.family == "photometric"]
+    mean = sum(by_set[m]["accuracy"] for m in members) / len(members)
+    assert by_set["photometric"]["accuracy"] == pytest.approx(mean)
+    assert by_set["photometric"]["sets"] == len(members) and by_set["shifted"]["sets"] == len(shift.CORRUPTIONS)
+    assert "clean" in by_set and by_set["clean"]["sets"] == 1
+    from bnexp.runs import load_run
+
+    curves = load_run(bn_run).curves
+    assert curves["evaluate/shifted/running"] == {60: pytest.approx(by_set["shifted"]["accuracy"])}
+    partial, _ = evaluate(bn_run, sets=["clean", "rotate"], modes=["running"])  # no family is whole
+    assert [r["set"] for r in partial] == ["clean", "rotate"]
