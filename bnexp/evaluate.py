@@ -14,8 +14,9 @@ Modes other than running need BN's batch statistics, and are refused for models 
 The n adaptation images come from the evaluated set itself (transductively, as in AdaBN and
 Schneider et al.), the same ones for every run with the same --seed. Evaluation is in float32.
 It reads the newest checkpoint (or --step's) and writes RUN_DIR/evaluate/step_<step>/:
-evaluation.csv (a row per set and mode, and each mode's mean over every corruption family
-and over all corruptions, "shifted"), evaluation.json and TensorBoard scalars
+evaluation.csv (a row per set and mode with its seconds, and each mode's mean over every
+corruption family and over all corruptions, "shifted"), evaluation.json (the rows, and the
+seconds the precise statistics took, computed once for all sets) and TensorBoard scalars
 (evaluate/<set>/<label>/accuracy); the run's own files are left as they were. `bnexp report`
 reads the newest step's accuracies into runs.csv as evaluate/<set>/<label> columns, the columns
 a claims file's probe measures name.
@@ -125,7 +126,7 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
         modes = usable_modes(model, cfg.norm.name, modes)
         layers = batch_statistics_layers(model)
         source = statistics(layers)
-        stats = {"running": source}
+        stats, precise_seconds = {"running": source}, None
         if "precise" in modes:
             if precise_images < cfg.trainer.batch_size:
                 raise UserError(f"--precise-images={precise_images} is less than one training batch "
@@ -134,7 +135,7 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
             batches = precise_images // cfg.trainer.batch_size
             finalize_population(model, (data.next_batch(state["step"] + i)[0] for i in range(batches)))
             stats["precise"] = statistics(layers)
-            precise_seconds = time.perf_counter() - started
+            precise_seconds = round(time.perf_counter() - started, 3)
             load(layers, source)
         rows = []
         with torch.no_grad():
@@ -146,15 +147,16 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
                                                batch_size, batch_orders, seed, cfg.trainer.eval_batch_size):
                         started = time.perf_counter()
                         accuracy, loss, n = run()
-                        seconds = time.perf_counter() - started + (precise_seconds if mode == "precise" else 0)
+                        seconds = time.perf_counter() - started
                         row = {**base, "mode": mode, **extra, "accuracy": accuracy, "error": 1 - accuracy,
                                "loss": loss, "examples": n, "sets": 1, "seconds": round(seconds, 3)}
                         rows.append({**row, "label": label(row)})
                         load(layers, source)
         rows += family_means(rows)
         out = run_dir / "evaluate" / f"step_{state['step']}"
-        write(out, rows, {"run_dir": str(run_dir), "checkpoint_step": state["step"], "precise_images":
-                          precise_images if "precise" in modes else None, "seed": seed})
+        write(out, rows, {"run_dir": str(run_dir), "checkpoint_step": state["step"], "seed": seed,
+                          "precise_images": precise_images if "precise" in modes else None,
+                          "precise_statistics_seconds": precise_seconds})
     return rows, out
 
 

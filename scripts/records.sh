@@ -1,8 +1,8 @@
-# Sourced by reproduce_inception.sh, reproduce_schedule.sh and reproduce_bn_rnn.sh: the one definition of a study's
+# Sourced by the reproduce_*.sh scripts of the studies (inception, schedule, bn_rnn, bn_shift): the one definition of a study's
 # committed records.
 
-# save_records SWEEPS OUT SWEEP...: each finished run's config, summary and metrics (all a report
-# reads, no checkpoints) under OUT/records, laid out as the runs are under SWEEPS (a replicated job's
+# save_records SWEEPS OUT SWEEP...: each finished run's config, summary, metrics and bnexp evaluate's
+# tables (all a report reads, no checkpoints) under OUT/records, laid out as the runs are under SWEEPS (a replicated job's
 # seeds in its seed_<s> dirs). Copied back into SWEEPS on another machine (cp -r OUT/records/. SWEEPS),
 # the steps skip them as finished and the reports read them as if made there. A run that has not
 # finished (completed or diverged) is left out: it can only go on from its checkpoints.
@@ -18,6 +18,11 @@ save_records() {
       record=$out/records/${run#"$sweeps"/}
       mkdir -p "$record"
       cp "$run"/{config.yaml,summary.json,metrics.csv} "$record"
+      for table in "$run"/evaluate/step_*/evaluation.csv; do  # bnexp evaluate's, which reports read too
+        [ -f "$table" ] || continue
+        local at=$record/$(dirname "${table#"$run"/}")
+        mkdir -p "$at" && cp "$table" "${table%.csv}.json" "$at"
+      done
     done
   done
 }

@@ -117,8 +117,8 @@ def test_the_shell_scripts_parse(script):
 
 def test_save_records_keeps_every_finished_run_a_report_reads(tmp_path):
     """scripts/records.sh: a plain job's files and a replicated job's seeds (RUN/seed_<s>) are kept,
-    laid out as under the sweeps, Hydra's own config copies are not; a run that has not finished
-    (stopped, or no summary yet) is left out, and a step not begun is passed over."""
+    laid out as under the sweeps, with bnexp evaluate's tables; Hydra's own config copies are not; a
+    run that has not finished (stopped, or no summary yet) is left out, and a step not begun is passed over."""
     sweeps, out = tmp_path / "sweeps", tmp_path / "out"
     runs = {sweeps / "main" / "experiment=a,trainer.seed=0": "completed",
             sweeps / "main" / "experiment=a,trainer.seed=1": "interrupted",
@@ -131,14 +131,19 @@ def test_save_records_keeps_every_finished_run_a_report_reads(tmp_path):
             (run / name).write_text(name)
         if status:
             (run / "summary.json").write_text(json.dumps({"status": status, "steps": 10}, indent=2))
+    evaluated = sweeps / "main" / "experiment=a,trainer.seed=0" / "evaluate" / "step_10"  # bnexp evaluate's
+    evaluated.mkdir(parents=True)
+    for name in ("evaluation.csv", "evaluation.json", "events.out.tfevents.2"):
+        (evaluated / name).write_text(name)
     records = PACKAGE.parent / "scripts" / "records.sh"
     save = f". {records}; set -euo pipefail; save_records {sweeps} {out} main fast small"
     done = subprocess.run(["bash", "-c", save], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     kept = sorted(str(p.relative_to(out / "records")) for p in (out / "records").rglob("*") if p.is_file())
-    assert kept == sorted(f"{run.relative_to(sweeps)}/{name}" for run, status in runs.items()
-                          if status in ("completed", "diverged")
-                          for name in ("config.yaml", "metrics.csv", "summary.json"))
+    tables = [f"main/experiment=a,trainer.seed=0/evaluate/step_10/evaluation.{kind}" for kind in ("csv", "json")]
+    assert kept == sorted([*tables, *(f"{run.relative_to(sweeps)}/{name}" for run, status in runs.items()
+                                     if status in ("completed", "diverged")
+                                     for name in ("config.yaml", "metrics.csv", "summary.json"))])
 
 
 @pytest.mark.parametrize("args, says", [(["run", "0.5x"], "'0.5x' is not a width > 0"),

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# BN when the test data moves (results/bn_shift): the Figure 1 MLP trained on clean MNIST (DATA=mnist,
+# the default) or Fashion-MNIST (DATA=fashion_mnist), then evaluated by `bnexp evaluate` on the clean
+# test set and on every corruption of bnexp/shift.py with each way of getting BN's statistics.
+#
+#   bash scripts/reproduce_bn_shift.sh train     # 1) BN, LN, no norm; BN at momentum 0.001, 0.01, 0.5: 5 seeds each
+#   bash scripts/reproduce_bn_shift.sh evaluate  # 2) every finished run: running, precise, target, batch modes
+#   bash scripts/reproduce_bn_shift.sh report    # 3) report, runs.csv and the verdicts of results/bn_shift/<data>/claims.yaml
+#   bash scripts/reproduce_bn_shift.sh records   # the finished runs' records (with their evaluations)
+#
+# `evaluate` sweeps the target mode's n over 1, 2, 8, 32, 128, 512, 2048 test images, each with no
+# prior and a prior of 16 images, and batch mode over shuffled and one-class batches of 60; precise
+# statistics average 10,000 training images. A run evaluated before is evaluated again (its
+# RUN_DIR/evaluate/step_<step> is replaced whole). Runs go to $BNEXP_RUNS/bn_shift_<data>/<step>
+# (default ~/bnexp-runs); run a step again to continue it. Arguments after `train` go to bnexp train.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+data=${DATA:-mnist}
+case $data in
+  mnist | fashion_mnist) ;;
+  *) echo "reproduce_bn_shift: DATA must be mnist or fashion_mnist, not '$data'" >&2; exit 2 ;;
+esac
+out=results/bn_shift/$data
+sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/bn_shift_$data
+common=(experiment=fig1_mnist data="$data" trainer.replicas=5 trainer.progress=false
+        'hydra.sweep.subdir=${hydra.job.override_dirname}')
+
+finished_runs() {  # every finished run dir of the study (a replicated job's seeds: its seed_<s> dirs)
+  find "$sweeps" -name summary.json -not -path '*/evaluate/*' | sort | while read -r summary; do
+    grep -qsE '"status": "(completed|diverged)"' "$summary" && dirname "$summary"
+  done
+}
+
+case "${1:-}" in
+  train)
+    "$bnexp" train -m "${common[@]}" norm=batch,layer,none hydra.sweep.dir="$sweeps/norms" "${@:2}"
+    "$bnexp" train -m "${common[@]}" norm.momentum=0.001,0.01,0.5 hydra.sweep.dir="$sweeps/momentum" "${@:2}" ;;
+  evaluate)
+    finished_runs | while read -r run; do
+      "$bnexp" evaluate "$run" --adapt-images 1,2,8,32,128,512,2048 --prior 0,16 \
+        --batch-order shuffled,by_class > /dev/null
+      echo "evaluated $run"
+    done ;;
+  report)
+    "$bnexp" report "$sweeps/norms" "$sweeps/momentum" --variant-keys norm.name,norm.momentum \
+      --baseline norm=batch,norm.momentum=0.1 --claims "$out/claims.yaml" --out "$out" ;;
+  records) . scripts/records.sh; save_records "$sweeps" "$out" norms momentum ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 train | evaluate | report | records [overrides]" >&2
+     exit 2 ;;
+esac
