@@ -69,13 +69,14 @@ def save(run_dir: Path, step: int, state: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError ("unexpected pos")
         try:
             tmp.unlink(missing_ok=True)
             previous = next((p.name for p in checkpoints(run_dir)), "none")
         except OSError:  # no checkpoints folder at all (a file in its place, a vanished run dir)
             previous = "none"
-        raise CheckpointError(f"could not write checkpoint {path} ({e}); the newest good one is {previous}") from e
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"could not write checkpoint {path} ({why}); the newest good one is {previous}") from e
     for old in checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)
     return path

@@ -344,3 +344,32 @@ def test_a_parallel_sweep_job_that_cannot_checkpoint_is_listed_and_the_others_fi
     assert load_run(sweep / "0").summary["status"] == "completed"
     failed = load_run(sweep / "1").summary
     assert failed["status"] == "failed" and failed["steps"] == 100
+
+
+def test_a_disk_that_fills_while_torch_saves_a_checkpoint_fails_every_replica_and_resume_finishes(
+        tmp_path, compose, monkeypatch):
+    """torch.save reports a full disk as RuntimeError ("[enforce fail at inline_container.cc] unexpected
+    pos"), not OSError: each run still ends failed, naming the cause and its newest good checkpoint,
+    leaves no partial file, and resumes once there is space."""
+    real = torch.save
+
+    def disk_fills(state, f, *args, **kwargs):
+        if state["step"] >= 200:
+            f.write(b"PK\x03\x04 half a zip")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1856 vs 1752")
+        real(state, f, *args, **kwargs)
+
+    for replicas in (1, 2):
+        monkeypatch.setattr(checkpoint.torch, "save", disk_fills)
+        overrides = [*FAST, "trainer.max_steps=300", "trainer.checkpoint_every=100", f"trainer.replicas={replicas}"]
+        results = run(compose(*overrides), tmp_path / str(replicas))
+        assert len(results) == replicas
+        for run_dir, summary in results.items():
+            assert summary["status"] == "failed" and summary["steps"] == 200
+            assert "unexpected pos" in summary["error"]
+            assert "the newest good one is step_000000100.pt" in summary["error"]
+            assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_000000100.pt"]  # no .tmp left
+        monkeypatch.setattr(checkpoint.torch, "save", real)
+        again = run(compose(*overrides, "trainer.resume=auto"), tmp_path / str(replicas))
+        assert [s["status"] for s in again.values()] == ["completed"] * replicas
+        assert all(s["steps"] == 300 for s in again.values())
