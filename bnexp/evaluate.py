@@ -106,7 +106,12 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
     from bnexp.builders import pick_device
     from bnexp.norm import batch_statistics_layers, finalize_population
 
+    if not (run_dir / "config.yaml").exists() and any(run_dir.glob("seed_*/config.yaml")):
+        raise UserError(f"{run_dir} is a replicated run: evaluate each of its seed_<s> dirs")
     cfg = load_run_config(run_dir)
+    if cfg.data.name == "imagefolder":
+        raise UserError("bnexp evaluate reads the test sets kept as tensors (mnist, fashion_mnist, cifar10, "
+                        "synthetic); for an imagefolder run, bnexp finalize compares its statistics")
     sets = asked_sets(sets, cfg.data.name, severity)
     batch_size = cfg.trainer.batch_size if batch_size is None else batch_size
     if batch_size < 1:
@@ -148,6 +153,9 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
                         started = time.perf_counter()
                         accuracy, loss, n = run()
                         seconds = time.perf_counter() - started
+                        if n == 0:  # batch mode with batches larger than the set (or than every class)
+                            raise UserError(f"--batch-size={batch_size} leaves no whole {extra['batch_order']} "
+                                            f"batch of the {len(y)} test images")
                         row = {**base, "mode": mode, **extra, "accuracy": accuracy, "error": 1 - accuracy,
                                "loss": loss, "examples": n, "sets": 1, "seconds": round(seconds, 3)}
                         rows.append({**row, "label": label(row)})

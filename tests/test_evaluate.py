@@ -198,6 +198,7 @@ def test_modes_a_model_lacks_are_refused_and_left_out_by_default(fake_mnist, com
     (["--batch-order", "sorted"], "unknown --batch-order sorted"),
     (["--sets", "shot_noise"], "corruptions are defined for mnist and fashion_mnist, not for data=synthetic"),
     (["--precise-images", "10"], "--precise-images=10 is less than one training batch"),
+    (["--modes", "batch", "--batch-size", "100000"], "--batch-size=100000 leaves no whole shuffled batch"),
 ])
 def test_bad_arguments_get_one_clear_line_and_no_result(bnexp, runs_root, tmp_path, args, says):
     assert bnexp("train", *FAST, f"hydra.run.dir={tmp_path / 'run'}").returncode == 0
@@ -226,3 +227,10 @@ def test_family_means_and_the_report_reads_them(bn_run):
     assert curves["evaluate/shifted/running"] == {60: pytest.approx(by_set["shifted"]["accuracy"])}
     partial, _ = evaluate(bn_run, sets=["clean", "rotate"], modes=["running"])  # no family is whole
     assert [r["set"] for r in partial] == ["clean", "rotate"]
+
+
+def test_a_replicated_runs_group_dir_points_at_its_seeds(bnexp, tmp_path):
+    assert bnexp("train", *FAST, "trainer.replicas=2", f"hydra.run.dir={tmp_path / 'group'}").returncode == 0
+    done = bnexp("evaluate", str(tmp_path / "group"), "--sets", "clean")
+    assert done.returncode == 2 and "is a replicated run: evaluate each of its seed_<s> dirs" in done.stderr
+    assert bnexp("evaluate", str(tmp_path / "group" / "seed_1"), "--sets", "clean").returncode == 0
