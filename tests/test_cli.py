@@ -38,7 +38,7 @@ def test_help_lists_the_subcommands(bnexp):
     assert done.returncode == 0
     listed = [line.split()[0] for line in done.stdout.split("commands:")[1].splitlines()
               if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["train", "resume", "finalize", "report"]
+    assert listed == ["train", "resume", "finalize", "evaluate", "report"]
     bare = bnexp()
     assert bare.returncode == 2 and bare.stdout == done.stdout  # no command: the usage, as an error
 
