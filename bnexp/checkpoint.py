@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnexp.errors import UserError
+from bnexp.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def save(run_dir: Path, step: int, state: dict) -> Path:
             previous = next((p.name for p in checkpoints(run_dir)), "none")
         except OSError:  # no checkpoints folder at all (a file in its place, a vanished run dir)
             previous = "none"
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = first_line(e) or type(e).__name__  # torch's message can run on with a C++ backtrace
         raise CheckpointError(f"could not write checkpoint {path} ({why}); the newest good one is {previous}") from e
     for old in checkpoints(run_dir)[KEEP:]:
         old.unlink(missing_ok=True)

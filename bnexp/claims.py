@@ -249,7 +249,7 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
         column = f"steps_to_{claim.target}"
         if steps and column not in rows[0]:
             raise UserError(f"claim {claim.id}: runs.csv has no {column}: add {claim.target} to the report's --targets")
-        needed = claim.probe or PROBE_COLUMN.get(claim.measure)
+        needed = PROBE_COLUMN.get(claim.measure)
         read = [claim.variant, *([baseline] if claim.measure.endswith("_gain") else [])]
         for probe, names in (((claim.probe, [claim.variant]), (claim.baseline_probe or claim.probe, read[1:]))
                              if claim.probe else ()):
@@ -262,7 +262,7 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
                 if not all(r.get(key) for name in names for r in by_variant[name]):
                     raise UserError(f"claim {claim.id}: {key} is empty in some runs of {' and '.join(map(repr, names))}"
                                     " (no probed step in that phase, or not evaluated)")
-        if needed and not claim.probe and not all(r.get(needed) for name in read for r in by_variant[name]):
+        if needed and not all(r.get(needed) for name in read for r in by_variant[name]):
             raise UserError(f"claim {claim.id}: {claim.measure} needs {needed} in every run of "
                             f"{' and '.join(map(repr, read))}: train them with {PROBE_SETTING[needed]}")
 

@@ -104,6 +104,7 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
     from bnexp import checkpoint, models, rundir
     from bnexp import data as datasets
     from bnexp.builders import pick_device
+    from bnexp.evaluation import restore_buffers, saved_buffers
     from bnexp.norm import batch_statistics_layers, finalize_population
 
     if not (run_dir / "config.yaml").exists() and any(run_dir.glob("seed_*/config.yaml")):
@@ -130,7 +131,7 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
         model.load_state_dict(state["model"])
         modes = usable_modes(model, cfg.norm.name, modes)
         layers = batch_statistics_layers(model)
-        source = statistics(layers)
+        source = saved_buffers(layers)
         stats, precise_seconds = {"running": source}, None
         if "precise" in modes:
             if precise_images < cfg.trainer.batch_size:
@@ -139,9 +140,9 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
             started = time.perf_counter()
             batches = precise_images // cfg.trainer.batch_size
             finalize_population(model, (data.next_batch(state["step"] + i)[0] for i in range(batches)))
-            stats["precise"] = statistics(layers)
+            stats["precise"] = saved_buffers(layers)
             precise_seconds = round(time.perf_counter() - started, 3)
-            load(layers, source)
+            restore_buffers(layers, source)
         rows = []
         with torch.no_grad():
             for name, level in sets:
@@ -159,7 +160,7 @@ def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, sev
                         row = {**base, "mode": mode, **extra, "accuracy": accuracy, "error": 1 - accuracy,
                                "loss": loss, "examples": n, "sets": 1, "seconds": round(seconds, 3)}
                         rows.append({**row, "label": label(row)})
-                        load(layers, source)
+                        restore_buffers(layers, source)
         rows += family_means(rows)
         out = run_dir / "evaluate" / f"step_{state['step']}"
         write(out, rows, {"run_dir": str(run_dir), "checkpoint_step": state["step"], "seed": seed,
@@ -250,12 +251,13 @@ def variants(mode, model, layers, stats, x, y, adapt_images, priors, batch_size,
     """(the row's settings, a function measuring (accuracy, loss, examples)) for each setting of a mode."""
     import torch
 
-    from bnexp.evaluation import batch_statistics, metrics
+    from bnexp.evaluation import batch_statistics, metrics, restore_buffers
     from bnexp.norm import adapt_population
 
-    def inference(mode_stats):
-        def run():
-            load(layers, mode_stats)
+    def inference(mode_stats, adapt=lambda: None):
+        def run():  # the inference network with the mode's statistics, over the whole set
+            restore_buffers(layers, mode_stats)
+            adapt()
             model.eval()
             return metrics(model, zip(x.split(eval_batch), y.split(eval_batch), strict=True))
         return run
@@ -269,12 +271,9 @@ def variants(mode, model, layers, stats, x, y, adapt_images, priors, batch_size,
             if n > len(x):
                 raise UserError(f"--adapt-images={n} exceeds the {len(x)} test images")
             for prior in priors:
-                def run(n=n, prior=prior):
-                    load(layers, stats["running"])
+                def adapt(n=n, prior=prior):
                     adapt_population(model, x[order[:n]], prior)
-                    model.eval()
-                    return metrics(model, zip(x.split(eval_batch), y.split(eval_batch), strict=True))
-                yield {**empty, "adapt_images": n, "prior": prior}, run
+                yield {**empty, "adapt_images": n, "prior": prior}, inference(stats["running"], adapt)
     elif mode == "batch":
         for order in orders:
             def run(order=order):
@@ -296,16 +295,6 @@ def batches_in_order(x, y, size: int, order: str, seed: int):
         for chunk in index.split(size):
             if len(chunk) == size:
                 yield x[chunk], y[chunk]
-
-
-def statistics(layers) -> list[dict]:
-    return [{k: b.clone() for k, b in layer.named_buffers()} for layer in layers]
-
-
-def load(layers, saved: list[dict]) -> None:
-    for layer, buffers in zip(layers, saved, strict=True):
-        for k, b in layer.named_buffers():
-            b.copy_(buffers[k])
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:

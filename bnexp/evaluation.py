@@ -64,22 +64,31 @@ def test_metrics(model: nn.Module, data, prepare=lambda x: x, split: str = "test
     return accuracy, loss
 
 
+def saved_buffers(layers: list[nn.Module]) -> list[dict]:
+    """A copy of each layer's buffers (BN's running statistics), for restore_buffers."""
+    return [{k: b.clone() for k, b in layer.named_buffers()} for layer in layers]
+
+
+@torch.no_grad()
+def restore_buffers(layers: list[nn.Module], saved: list[dict]) -> None:
+    for layer, buffers in zip(layers, saved, strict=True):
+        for k, b in layer.named_buffers():
+            b.copy_(buffers[k])
+
+
 @contextmanager
 def batch_statistics(model: nn.Module, batch_norms: list[nn.Module]):
     """The inference network but for `batch_norms`, which normalize each batch with its own
     statistics, as in training; their running statistics are restored afterwards (and the model
     left in train mode, as test_metrics leaves it)."""
-    saved = [{k: b.clone() for k, b in m.named_buffers()} for m in batch_norms]
+    saved = saved_buffers(batch_norms)
     model.eval()
     for m in batch_norms:
         m.train()
     try:
         yield model
     finally:
-        with torch.no_grad():
-            for m, buffers in zip(batch_norms, saved, strict=True):
-                for k, b in m.named_buffers():
-                    b.copy_(buffers[k])
+        restore_buffers(batch_norms, saved)
         model.train()
 
 
