@@ -569,7 +569,7 @@ def recurrent_norm(cfg: DictConfig) -> None:
 
 def check_replicable(cfg: DictConfig) -> None:
     """What trainer.replicas cannot train as the runs of its seeds would train alone, refused with the reason."""
-    t, why = cfg.trainer, "trainer.replicas > 1 trains the seeds in one vmapped computation"
+    t, why = cfg.trainer, "trainer.replicas > 1 trains the seeds in one stacked computation"
     _require(cfg.model.get("dropout", 0) == 0,
              f"{why}; dropout draws its masks from the process's one random stream, so a replica's masks "
              "could not be those of its seed's run alone: set model.dropout=0, or run the seeds separately")

@@ -38,6 +38,15 @@ def make(cfg: DictConfig) -> NormBuilder:
     return with_gain
 
 
+def for_replicas(layer: nn.Module | None, replicas: int) -> nn.Module | None:
+    """The norm of R stacked replicas' R * C channels (bnexp/models/inception.py's `replicas`), built
+    at R * C: a per-channel norm (every BN, instance norm) is already each replica's own; a group
+    norm (layer norm is its one group) gets R times the groups, so no group spans two replicas."""
+    if isinstance(layer, nn.GroupNorm) and replicas > 1:
+        return nn.GroupNorm(layer.num_groups * replicas, layer.num_channels, layer.eps, layer.affine)
+    return layer
+
+
 def _builder(cfg: DictConfig) -> NormBuilder:
     name = cfg.name
     if name == "none":

@@ -9,8 +9,11 @@ checkpoints hold it.
   torchrun process group, compiled where asked for.
 - `StackedModels` (R > 1, "replicas"): small networks train at a rate set by per-operation overhead,
   not arithmetic; stacking the R networks' parameters along a new leading dimension and computing
-  them in one vmapped call pays that overhead once per step for all. Each module's parameters and
-  buffers become views of the stacked tensors, so evaluating the plain module sees every update.
+  them in one call pays that overhead once per step for all. The call is the model's wide twin where
+  it has one (models.stacked: the Inception net R times as wide, its convolutions grouped by R, whose
+  parameters are the stacked ones reshaped), else one vmapped call of the module. Each module's
+  parameters and buffers become views of the stacked tensors, so evaluating the plain module sees
+  every update.
   SGD over the stacked parameters is elementwise: each replica's update is the one its run alone
   would make. Results equal the runs alone to float tolerance, not bitwise: batched kernels sum in
   another order.
@@ -77,10 +80,12 @@ class OneModel:
 
 
 class StackedModels:
-    def __init__(self, modules: list[nn.Module], make_optimizer, cfg: DictConfig, clip_norm: float = 0.0):
+    def __init__(self, modules: list[nn.Module], make_optimizer, cfg: DictConfig, clip_norm: float = 0.0,
+                 wide: nn.Module | None = None):
         """make_optimizer(parameters): the optimizer as the config sets it, here over the stacked
-        parameters (SGD's and Adam's updates are elementwise: each replica's is its own)."""
-        self.stack, self.clip_norm = Stack(modules), float(clip_norm)
+        parameters (SGD's and Adam's updates are elementwise: each replica's is its own).
+        wide: the modules' wide twin (models.stacked), or None to vmap them."""
+        self.stack, self.clip_norm = Stack(modules, wide), float(clip_norm)
         self.optimizer, self.lr = make_optimizer(self.stack.params.values()), None
         self.device = next(iter(self.stack.params.values())).device
         self.amp = bool(cfg.amp)
@@ -127,12 +132,21 @@ def clip_each(stacked: list[torch.Tensor], max_norm: float) -> None:
 
 
 class Stack:
-    """R modules of one architecture as stacked tensors, [R, ...] each, computed in one vmapped call.
-    The modules keep working on their own: their parameters and buffers become views of the stacks."""
+    """R modules of one architecture as stacked tensors, [R, ...] each, computed in one call: of their
+    wide twin, or vmapped. The modules keep working on their own: their parameters and buffers
+    become views of the stacks."""
 
-    def __init__(self, modules: list[nn.Module]):
+    def __init__(self, modules: list[nn.Module], wide: nn.Module | None = None):
         self.params, self.buffers = stack_module_state(modules)  # parameters: leaves that require grad
         self.base = copy.deepcopy(modules[0]).to("meta").train()  # the architecture, without tensors
+        self.wide = wide.train() if wide is not None else None
+        if wide is not None:  # each stacked tensor's shape in the wide twin
+            self.wide_shapes = {**{n: p.shape for n, p in wide.named_parameters()},
+                                **{n: b.shape for n, b in wide.named_buffers()}}
+            # A buffer of each replica's shape is its slice of the wide one (BN's running statistics
+            # update in place, in the stack). A counter (BN's num_batches_tracked: [R] here, one in
+            # the wide layer) is the lockstep replicas' one number: replica 0's counts, the others copy.
+            self.counters = [n for n, t in self.buffers.items() if self.wide_shapes[n] == t.shape[1:]]
         for r, module in enumerate(modules):
             for name, stacked in self.params.items():
                 owner, attr = _owner(module, name)
@@ -143,12 +157,30 @@ class Stack:
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each replica's mean cross-entropy on its batch, [R], and its logits, [R, B, C]."""
+        if self.wide is not None:
+            return self.wide_forward(x, y)
 
         def one(params, buffers, x, y):
             logits = functional_call(self.base, (params, buffers), (x,))
             return F.cross_entropy(logits.float(), y), logits
 
         return vmap(one)(self.params, self.buffers, x, y)
+
+
+    def wide_forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wide twin on the replicas' batches side by side in the channels: [R, B, C, H, W] in as
+        [B, R * C, H, W], replica r's images in its channels; logits [B, R * K] out as [R, B, K]."""
+        replicas, batch = y.shape
+        params = {name: t.view(self.wide_shapes[name]) for name, t in self.params.items()}
+        buffers = {name: t[0] if name in self.counters else t.view(self.wide_shapes[name])
+                   for name, t in self.buffers.items()}
+        logits = functional_call(self.wide, (params, buffers), (x.transpose(0, 1).flatten(1, 2),))
+        logits = logits.unflatten(1, (replicas, -1)).transpose(0, 1)
+        with torch.no_grad():
+            for name in self.counters:
+                self.buffers[name][1:] = self.buffers[name][0]
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+        return losses.view(replicas, batch).mean(1), logits
 
 
 def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:

@@ -85,8 +85,9 @@ def train_seeds(cfg: DictConfig, configs: dict[int, DictConfig], dirs: dict[int,
         stepper = OneModel(nets[0], builders.make_optimizer(nets[0].parameters(), cfg.optim), cfg.trainer,
                            cfg.optim.clip_norm)
     else:
+        wide = models.stacked(cfg.model, cfg.norm, data.input_shape, data.num_classes, len(nets))
         stepper = StackedModels(nets, lambda params: builders.make_optimizer(params, cfg.optim), cfg.trainer,
-                                cfg.optim.clip_norm)
+                                cfg.optim.clip_norm, wide)
     step_probes = StepProbes(cfg.probes, nets[0]) if step_probes_on(cfg.probes) else None
     overrides = run_overrides(run_dir) if group and rank == 0 else None
     records, longer_rows = [], cfg.probes.get("longer_rows", [])  # absent from configs saved before it

@@ -291,3 +291,50 @@ def test_imagefolder_loader_on_real_jpegs(tmp_path):
     # trainer.eval_train: the 12 training images once each, as evaluation transforms them (no random crop)
     first, again = (torch.cat([x for x, _ in source.eval_batches("train")]) for _ in range(2))
     assert first.shape == (12, 3, 32, 32) and torch.equal(first, again)
+
+
+@pytest.mark.parametrize("norm_cfg", [
+    {"name": "none"}, {"name": "batch", "eps": 1e-5, "momentum": 0.1},
+    {"name": "batch_paper", "eps": 1e-5, "momentum": 0.1},
+    {"name": "layer", "eps": 1e-5}, {"name": "group", "groups": 2, "eps": 1e-5}, {"name": "instance", "eps": 1e-5},
+], ids=lambda c: c["name"])
+def test_the_wide_twin_is_its_replicas_side_by_side(norm_cfg):
+    """models.stacked: R networks as one wide network, computed on their stacked tensors (bnexp/
+    stepper.py), gives each replica's logits, gradients and BN statistics as the network alone does,
+    in float64 (where a changed order of summation is invisible), with LRN and both stems' pools.
+    Replicas see different images: a window, a group or a concatenation that crossed replicas fails."""
+    from bnexp.stepper import Stack
+
+    cfg = OmegaConf.create({"name": "inception", "width": 0.0625, "stem": "small", "activation": "relu",
+                            "dropout": 0.0, "lrn": True, "stem_pool": True})
+    norm_cfg = OmegaConf.create(norm_cfg)
+    replicas, shape = 3, (2, 16, 16)
+    torch.set_default_dtype(torch.float64)
+    try:
+        nets = []
+        for seed in range(replicas):
+            torch.manual_seed(seed)
+            nets.append(models.build(cfg, norm_cfg, shape, 5))
+        alone = [pickle.loads(pickle.dumps(net)) for net in nets]
+        stack = Stack(nets, models.stacked(cfg, norm_cfg, shape, 5, replicas))
+        x, y = torch.randn(replicas, 6, *shape), torch.randint(0, 5, (replicas, 6))
+        tilt = torch.randn(replicas, 6, 5)  # a loss that weighs every logit differently
+        _, logits = stack.forward(x, y)
+        (logits * tilt).sum().backward()
+        for r, net in enumerate(alone):
+            own = net(x[r])
+            (own * tilt[r]).sum().backward()
+            torch.testing.assert_close(logits[r], own, rtol=1e-10, atol=1e-10)
+            for name, p in net.named_parameters():
+                torch.testing.assert_close(stack.params[name].grad[r], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+            for name, b in net.named_buffers():  # running statistics and their counters, updated in the stack
+                torch.testing.assert_close(stack.buffers[name][r], b, rtol=1e-10, atol=1e-10, msg=name)
+            for name, b in nets[r].named_buffers():  # and seen by the replica's own module
+                assert b.data_ptr() == stack.buffers[name][r].data_ptr(), name
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_wide_twin_only_for_the_inception_model(compose):
+    cfg = compose("data=synthetic")  # the MLP: vmapped replicas
+    assert models.stacked(cfg.model, cfg.norm, (1, 28, 28), 10, 2) is None

@@ -6,6 +6,7 @@ to a nonlinearity, Figure 1 b/c), by a short layer name.
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -19,7 +20,8 @@ from bnexp.models.mlp import MLP
 RECURRENT_BN_GAIN = 0.1
 
 
-def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int) -> nn.Module:
+def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int, replicas: int = 1) -> nn.Module:
+    """The model; with replicas=R (model=inception only: see stacked), R of them as one wide network."""
     norm_builder = norm.make(norm_cfg)
     position = norm_cfg.get("position", "pre")  # norm=none has none
     if cfg.name == "mlp":
@@ -33,11 +35,23 @@ def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes
         if len(input_shape) != 3:
             raise UserError(f"model=inception needs images (channels, height, width), got {input_shape}")
         return Inception(input_shape[0], num_classes, input_shape[-1], cfg.width, cfg.stem, cfg.activation,
-                         cfg.dropout, cfg.lrn, norm_builder, cfg.stem_pool, position)
+                         cfg.dropout, cfg.lrn, norm_builder, cfg.stem_pool, position, replicas)
     if cfg.name == "lstm":
         return LSTM(input_shape, num_classes, cfg.sequence, cfg.hidden, cfg.layers, cfg.forget_bias,
                     recurrent_norm(norm_cfg), tuple(norm_cfg.get("where", ())), cfg.get("h0_noise", 0.0))
     raise UserError(f"unknown model.name {cfg.name!r}")
+
+
+def stacked(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int,
+            replicas: int) -> nn.Module | None:
+    """R networks of the model as one wide network, on the meta device (an architecture without
+    tensors: the R networks' stacked tensors, reshaped, are its parameters; bnexp/stepper.py), for
+    the models that have one: model=inception, whose small convolutions cost per call, not per
+    channel. None for the others (the MLP's and the LSTM's matrix products batch well under vmap)."""
+    if cfg.name != "inception":
+        return None
+    with torch.device("meta"):
+        return build(cfg, norm_cfg, input_shape, num_classes, replicas)
 
 
 def recurrent_norm(cfg: DictConfig):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnexp import norm
 from bnexp.models.mlp import unit_layers
 
 # name: (#1x1, #3x3 reduce, #3x3, #double-3x3 reduce, #double-3x3, pool, pool projection, stride)
@@ -50,21 +51,22 @@ class LocalResponseNorm(nn.Module):
     third of the Inception baseline's training step at the CPU scale (scripts/bench_norm.py). Equal
     to nn.LocalResponseNorm to float rounding (tested)."""
 
-    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, replicas: int = 1):
         super().__init__()
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.size, self.alpha, self.beta, self.k, self.replicas = size, alpha, beta, k, replicas
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel = torch.arange(x.shape[1], device=x.device)
+        # Replicas: each one's window stays inside its own channels (one band per group).
+        channel = torch.arange(x.shape[1] // self.replicas, device=x.device)
         offset = channel[None, :] - channel[:, None]  # [out, in]: input channel - output channel
         # torch's window for output channel c: channels c - size//2 .. c + (size-1)//2
         band = (offset >= -(self.size // 2)) & (offset <= (self.size - 1) // 2)
-        weight = (band.to(x.dtype) * (self.alpha / self.size))[:, :, None, None]
-        denominator = F.conv2d(x * x, weight) + self.k
+        weight = (band.to(x.dtype) * (self.alpha / self.size))[:, :, None, None].repeat(self.replicas, 1, 1, 1)
+        denominator = F.conv2d(x * x, weight, groups=self.replicas) + self.k
         return x * torch.exp(-self.beta * torch.log(denominator))
 
     def extra_repr(self) -> str:
-        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, replicas={self.replicas}"
 
 
 class PointwiseConv(nn.Conv2d):
@@ -73,14 +75,14 @@ class PointwiseConv(nn.Conv2d):
     tested), the same parameters and output layout, without the per-call overhead of oneDNN's
     convolution at this network's small channel counts (results/bench_inception.md)."""
 
-    def __init__(self, c_in: int, c_out: int, bias: bool):
-        super().__init__(c_in, c_out, 1, bias=bias)
+    def __init__(self, c_in: int, c_out: int, bias: bool, groups: int = 1):
+        super().__init__(c_in, c_out, 1, bias=bias, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last, read from the strides (a layout query is not allowed inside vmap, where
-        # replicas run); NCHW, and a 1x1 map where the layouts coincide, take the convolution.
+        # replicas run); NCHW, a 1x1 map where the layouts coincide, and grouped, take the convolution.
         c, h, w = x.shape[-3:]
-        if x.dim() != 4 or x.stride() != (h * w * c, 1, w * c, c) or h * w == 1:
+        if x.dim() != 4 or x.stride() != (h * w * c, 1, w * c, c) or h * w == 1 or self.groups > 1:
             return super().forward(x)
         nhwc = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)
         return nhwc.permute(0, 3, 1, 2)  # an NCHW view of NHWC memory: channels_last, as the input
@@ -88,25 +90,48 @@ class PointwiseConv(nn.Conv2d):
 
 class ConvUnit(nn.Sequential):
     """conv -> norm -> nonlinearity (norm.position=pre, the paper's) or conv -> nonlinearity -> norm
-    (post); the conv keeps its bias unless a norm follows it directly."""
+    (post); the conv keeps its bias unless a norm follows it directly. Channels are per replica."""
 
-    def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation, norm_position="pre"):
+    def __init__(self, c_in, c_out, kernel, stride, norm_builder, activation, norm_position="pre", replicas=1):
         def conv(bias: bool) -> nn.Conv2d:
+            c_i, c_o = c_in * replicas, c_out * replicas
             if kernel == 1 and stride == 1:
-                return PointwiseConv(c_in, c_out, bias)
-            return nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=bias)
+                return PointwiseConv(c_i, c_o, bias, groups=replicas)
+            return nn.Conv2d(c_i, c_o, kernel, stride, kernel // 2, bias=bias, groups=replicas)
 
-        super().__init__(unit_layers("conv", conv, norm_builder(c_out, "conv"), activation, norm_position))
+        norm_layer = norm.for_replicas(norm_builder(c_out * replicas, "conv"), replicas)
+        super().__init__(unit_layers("conv", conv, norm_layer, activation, norm_position))
+
+
+class ReplicaLinear(nn.Linear):
+    """R linear layers as one, weight [R * out, in]: replica r's features in, its outputs out."""
+
+    def __init__(self, in_features: int, out_features: int, replicas: int):
+        super().__init__(in_features, out_features * replicas)
+        self.replicas = replicas
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.replicas
+        x, weight = x.unflatten(1, (r, -1)), self.weight.unflatten(0, (r, -1))  # [B, R, in], [R, out, in]
+        return (torch.einsum("bri,roi->bro", x, weight) + self.bias.unflatten(0, (r, -1))).flatten(1)
+
+
+def concat_channels(branches: list[torch.Tensor], replicas: int) -> torch.Tensor:
+    """The branches' channels side by side, within each replica: [B, R * sum(C_i), H, W]."""
+    if replicas == 1:
+        return torch.cat(branches, 1)
+    return torch.cat([b.unflatten(1, (replicas, -1)) for b in branches], 2).flatten(1, 2)
 
 
 class InceptionModule(nn.Module):
-    def __init__(self, c_in, spec, width, norm_builder, activation, norm_position="pre"):
+    def __init__(self, c_in, spec, width, norm_builder, activation, norm_position="pre", replicas=1):
         super().__init__()
+        self.replicas = replicas
         n1, n3r, n3, nd3r, nd3, pool, proj, stride = (
             [max(1, round(n * width)) if isinstance(n, int) and n and i < 7 else n for i, n in enumerate(spec)])
 
         def unit(c_i, c_o, k, s=1):
-            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position)
+            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position, replicas)
 
         self.branch1 = unit(c_in, n1, 1) if n1 else None
         self.branch3 = nn.Sequential(unit(c_in, n3r, 1), unit(n3r, n3, 3, stride))
@@ -119,12 +144,12 @@ class InceptionModule(nn.Module):
         branches = [self.branch3(x), self.double3(x), self.pool(x)]
         if self.branch1 is not None:
             branches.insert(0, self.branch1(x))
-        return torch.cat(branches, 1)
+        return concat_channels(branches, self.replicas)
 
 
 class Inception(nn.Module):
     def __init__(self, in_channels, num_classes, input_size, width, stem, activation, dropout, lrn, norm_builder,
-                 stem_pool=False, norm_position="pre"):
+                 stem_pool=False, norm_position="pre", replicas=1):
         super().__init__()
         if stem == "auto":
             stem = "small" if input_size <= 64 else "imagenet"
@@ -133,11 +158,11 @@ class Inception(nn.Module):
             return max(1, round(n * width))
 
         def unit(c_i, c_o, k, s=1):
-            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position)
+            return ConvUnit(c_i, c_o, k, s, norm_builder, activation, norm_position, replicas)
 
         # Local response normalization where GoogLeNet has it (the original Inception baseline only).
         def lrn_layer():
-            return [LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)] if lrn else []
+            return [LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0, replicas=replicas)] if lrn else []
 
         if stem == "imagenet":
             layers = [unit(in_channels, c(64), 7, 2), nn.MaxPool2d(3, 2, 1), *lrn_layer(), unit(c(64), c(64), 1),
@@ -151,11 +176,12 @@ class Inception(nn.Module):
         self.stem = nn.Sequential(*layers)
         channels, modules = c(192), OrderedDict()
         for name, spec in MODULES.items():
-            modules[name] = InceptionModule(channels, spec, width, norm_builder, activation, norm_position)
+            modules[name] = InceptionModule(channels, spec, width, norm_builder, activation, norm_position, replicas)
             channels = modules[name].out_channels
         self.blocks = nn.Sequential(modules)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(channels, num_classes))
+                                  nn.Linear(channels, num_classes) if replicas == 1
+                                  else ReplicaLinear(channels, num_classes, replicas))
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 # He init for ReLU, Glorot for sigmoid: the paper does not say; both keep the signal's scale.
