@@ -166,7 +166,6 @@ class Stack:
 
         return vmap(one)(self.params, self.buffers, x, y)
 
-
     def wide_forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The wide twin on the replicas' batches side by side in the channels: [R, B, C, H, W] in as
         [B, R * C, H, W], replica r's images in its channels; logits [B, R * K] out as [R, B, K]."""

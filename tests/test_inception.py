@@ -301,7 +301,7 @@ def test_imagefolder_loader_on_real_jpegs(tmp_path):
 def test_the_wide_twin_is_its_replicas_side_by_side(norm_cfg):
     """models.stacked: R networks as one wide network, computed on their stacked tensors (bnexp/
     stepper.py), gives each replica's logits, gradients and BN statistics as the network alone does,
-    in float64 (where a changed order of summation is invisible), with LRN and both stems' pools.
+    in float64 (where a changed order of summation is invisible), with LRN and the small stem's pool.
     Replicas see different images: a window, a group or a concatenation that crossed replicas fails."""
     from bnexp.stepper import Stack
 

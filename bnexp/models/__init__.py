@@ -22,6 +22,8 @@ RECURRENT_BN_GAIN = 0.1
 
 def build(cfg: DictConfig, norm_cfg: DictConfig, input_shape: tuple, num_classes: int, replicas: int = 1) -> nn.Module:
     """The model; with replicas=R (model=inception only: see stacked), R of them as one wide network."""
+    if replicas > 1 and cfg.name != "inception":
+        raise ValueError(f"model={cfg.name} has no wide form for replicas (models.stacked vmaps it)")
     norm_builder = norm.make(norm_cfg)
     position = norm_cfg.get("position", "pre")  # norm=none has none
     if cfg.name == "mlp":
