@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, the last two kept, the newest readable one loaded.
+"""Checkpoints: written atomically, the last two kept (and, if asked, every one at a multiple of a
+step count, for evaluating a run over its training), the newest readable one loaded.
 
 A checkpoint is `RUN_DIR/checkpoints/step_<step>.pt`. It is written to a temporary file, synced
 and renamed, so the newest name on disk is always a whole checkpoint; a failed write (a full
@@ -59,7 +60,9 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
 
 
-def save(run_dir: Path, step: int, state: dict) -> Path:
+def save(run_dir: Path, step: int, state: dict, keep_every: int = 0) -> Path:
+    """Write the checkpoint of `step`; prune all but the newest KEEP, and those of steps that are
+    multiples of `keep_every` (when > 0), which stay for bnexp evaluate --step."""
     path = directory(run_dir) / f"step_{step:09d}.pt"
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -78,7 +81,8 @@ def save(run_dir: Path, step: int, state: dict) -> Path:
         why = first_line(e) or type(e).__name__  # torch's message can run on with a C++ backtrace
         raise CheckpointError(f"could not write checkpoint {path} ({why}); the newest good one is {previous}") from e
     for old in checkpoints(run_dir)[KEEP:]:
-        old.unlink(missing_ok=True)
+        if not (keep_every and step_of(old) % keep_every == 0):
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -454,6 +454,7 @@ def _trainer(c: Checks) -> None:
     for flag in ("eval_batchstats", "eval_fold_bn", "eval_train", "amp", "channels_last", "compile", "deterministic"):
         c.flag(f"trainer.{flag}")
     c.whole("trainer.checkpoint_every", ">= 0")
+    c.whole("trainer.keep_checkpoint_every", ">= 0")
     c.choice("trainer.resume", ("auto", "never"))
     c.whole("trainer.threads", "> 0", null=True)
     c.whole("trainer.replicas", ">= 1")
@@ -494,6 +495,9 @@ def across_settings(cfg: DictConfig) -> None:
     _require(t.checkpoint_every % t.log_every == 0,
              f"trainer.checkpoint_every must be a multiple of trainer.log_every ({t.log_every}) or 0, "
              f"got {t.checkpoint_every}")
+    _require(not t.keep_checkpoint_every or (t.checkpoint_every and t.keep_checkpoint_every % t.checkpoint_every == 0),
+             f"trainer.keep_checkpoint_every must be a multiple of trainer.checkpoint_every ({t.checkpoint_every}) "
+             f"or 0, got {t.keep_checkpoint_every}")
     _require(t.batch_size % world == 0,
              f"trainer.batch_size={t.batch_size} cannot be split among {world} processes; each process takes "
              "an equal part of every batch, so use a multiple of the process count")

@@ -13,7 +13,8 @@
 Modes other than running need BN's batch statistics, and are refused for models without them.
 The n adaptation images come from the evaluated set itself (transductively, as in AdaBN and
 Schneider et al.), the same ones for every run with the same --seed. Evaluation is in float32.
-It reads the newest checkpoint (or --step's) and writes RUN_DIR/evaluate/step_<step>/:
+It reads the newest checkpoint (or --step's: one, several, or all the run kept, for the gap over
+training with trainer.keep_checkpoint_every) and writes, per step, RUN_DIR/evaluate/step_<step>/:
 evaluation.csv (a row per set and mode with its seconds, and each mode's mean over every
 corruption family and over all corruptions, "shifted"), evaluation.json (the rows, and the
 seconds the precise statistics took, computed once for all sets) and TensorBoard scalars
@@ -60,23 +61,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", default="0", help="N: the source statistics' weight in images; a list sweeps")
     parser.add_argument("--batch-size", type=int, default=None, help="batch mode's batch (default: the run's)")
     parser.add_argument("--batch-order", default="shuffled", help=f"batch mode's batches, of {', '.join(ORDERS)}")
-    parser.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest)")
+    parser.add_argument("--step", default=None,
+                        help="the checkpoint's step, comma-separated steps, or all: every checkpoint the run "
+                             "kept (trainer.keep_checkpoint_every) (default: the newest)")
     parser.add_argument("--seed", type=int, default=0, help="which test images adapt, and batch mode's shuffle")
     args = parser.parse_args(argv)
     try:
-        rows, out = evaluate(
-            args.run_dir, sets=words(args.sets), modes=words(args.modes) if args.modes else None,
-            severity=args.severity, precise_images=args.precise_images,
-            adapt_images=numbers(args.adapt_images, "--adapt-images", 1), priors=numbers(args.prior, "--prior", 0),
-            batch_size=args.batch_size, batch_orders=words(args.batch_order), step=args.step, seed=args.seed)
+        steps = asked_steps(args.run_dir, args.step)
+        for step in steps:
+            rows, out = evaluate(
+                args.run_dir, sets=words(args.sets), modes=words(args.modes) if args.modes else None,
+                severity=args.severity, precise_images=args.precise_images,
+                adapt_images=numbers(args.adapt_images, "--adapt-images", 1), priors=numbers(args.prior, "--prior", 0),
+                batch_size=args.batch_size, batch_orders=words(args.batch_order), step=step, seed=args.seed)
+            for row in rows:
+                detail = {"target": f"n={row['adapt_images']} N={row['prior']}",
+                          "batch": f"{row['batch_order']} batches of {row['batch_size']}"}.get(row["mode"], "")
+                print(f"{row['set']:>16} {row['mode']:>8} {detail:<28} test error {100 * row['error']:6.2f}%")
+            print(f"wrote {out / 'evaluation.csv'}")
     except UserError as e:
         print(e, file=sys.stderr)
         return 2
-    for row in rows:
-        detail = {"target": f"n={row['adapt_images']} N={row['prior']}",
-                  "batch": f"{row['batch_order']} batches of {row['batch_size']}"}.get(row["mode"], "")
-        print(f"{row['set']:>16} {row['mode']:>8} {detail:<28} test error {100 * row['error']:6.2f}%")
-    print(f"wrote {out / 'evaluation.csv'}")
     return 0
 
 
@@ -92,6 +97,15 @@ def numbers(text: str, flag: str, least: int) -> list[int]:
     if not values or min(values) < least:
         raise UserError(f"{flag} takes whole numbers >= {least}; got {text!r}")
     return values
+
+
+def asked_steps(run_dir: Path, text: str | None) -> list[int | None]:
+    """--step as the checkpoint steps to evaluate, oldest first (None: the newest)."""
+    if text is None:
+        return [None]
+    if text.strip() == "all":
+        return checkpoint_steps(run_dir) or [None]  # none: evaluate says why (no run, no checkpoint)
+    return sorted(set(numbers(text, "--step", 0)))
 
 
 def evaluate(run_dir: Path, sets: list[str], modes: list[str] | None = None, severity: int | None = None,

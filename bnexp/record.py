@@ -38,6 +38,7 @@ class RunRecord:
         blank rows' value per channel (data.blank)."""
         self.dir, self.model, self.optimizer, self.data, self.runlog = Path(run_dir), model, optimizer, data, runlog
         self.writes_checkpoints, self.population_batches = writes_checkpoints, population_batches
+        self.keep_checkpoint_every = int(cfg.get("keep_checkpoint_every", 0))  # absent from configs of older runs
         self.max_steps, self.targets, self.batch_size = int(cfg.max_steps), list(cfg.targets), int(cfg.batch_size)
         self.device = next(model.parameters()).device
         self.amp, self.channels_last, self.fold_bn = bool(cfg.amp), bool(cfg.channels_last), bool(cfg.eval_fold_bn)
@@ -135,7 +136,7 @@ class RunRecord:
     def save_checkpoint(self, step: int) -> None:
         """A checkpoint at `step`, unless one is there already (raises checkpoint.CheckpointError)."""
         if self.writes_checkpoints and self.saved_step != step:
-            checkpoint.save(self.dir, step, self.state())
+            checkpoint.save(self.dir, step, self.state(), self.keep_checkpoint_every)
         self.saved_step = step
 
     def conclude(self, step: int, status: Status, diverged_at: int | None = None, error: str | None = None,

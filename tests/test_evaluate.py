@@ -234,3 +234,30 @@ def test_a_replicated_runs_group_dir_points_at_its_seeds(bnexp, tmp_path):
     done = bnexp("evaluate", str(tmp_path / "group"), "--sets", "clean")
     assert done.returncode == 2 and "is a replicated run: evaluate each of its seed_<s> dirs" in done.stderr
     assert bnexp("evaluate", str(tmp_path / "group" / "seed_1"), "--sets", "clean").returncode == 0
+
+
+def test_kept_checkpoints_are_evaluated_step_by_step_and_the_report_reads_them(fake_mnist, compose, tmp_path):
+    run_dir = tmp_path / "kept"
+    cfg = compose(*MLP, "trainer.checkpoint_every=10", "trainer.log_every=10", "trainer.eval_every=10",
+                  "trainer.keep_checkpoint_every=20", f"data.root={tmp_path / 'data'}")
+    assert only(run(cfg, run_dir))["status"] == "completed"
+    # The last two (50, 60) and the multiples of 20; 10 and 30 pruned as usual.
+    assert sorted(checkpoint.step_of(p) for p in checkpoint.checkpoints(run_dir)) == [20, 40, 50, 60]
+    from bnexp.evaluate import main
+    from bnexp.runs import load_run
+
+    assert main([str(run_dir), "--sets", "clean", "--modes", "running,precise", "--precise-images", "40",
+                 "--step", "all"]) == 0
+    assert sorted(p.name for p in (run_dir / "evaluate").iterdir()) == ["step_20", "step_40", "step_50", "step_60"]
+    curves = load_run(run_dir).curves
+    assert sorted(curves["evaluate/clean/precise"]) == [20, 40, 50, 60]
+    for step in (20, 40, 60):  # each checkpoint's moving averages give that step's evaluation in training
+        assert curves["evaluate/clean/running"][step] == pytest.approx(curves["test/accuracy"][step], abs=1e-9)
+    assert main([str(run_dir), "--sets", "clean", "--modes", "running", "--step", "30"]) == 2  # pruned
+
+
+def test_kept_checkpoints_must_fall_on_checkpoints(compose):
+    from bnexp.config import validate
+
+    with pytest.raises(UserError, match="keep_checkpoint_every must be a multiple of trainer.checkpoint_every"):
+        validate(compose(*MLP, "trainer.checkpoint_every=30", "trainer.keep_checkpoint_every=40"))
