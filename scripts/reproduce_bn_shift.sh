@@ -7,6 +7,9 @@
 #   bash scripts/reproduce_bn_shift.sh evaluate  # 2) every finished run: running, precise, target, batch modes
 #   bash scripts/reproduce_bn_shift.sh report    # 3) report, runs.csv and the verdicts of results/bn_shift/<data>/claims.yaml
 #   bash scripts/reproduce_bn_shift.sh records   # the finished runs' records (with their evaluations)
+#   bash scripts/reproduce_bn_shift.sh over_training  # BN at momentum 0.001, 0.1, 0.5 again, 5 seeds, a checkpoint
+#                                                     # kept every 2,500 steps, each evaluated: running vs precise
+#   bash scripts/reproduce_bn_shift.sh figures   # corruptions.png, adapt.png (and over_training.png) from runs.csv
 #
 # `evaluate` sweeps the target mode's n over 1, 2, 8, 32, 128, 512, 2048 test images, each with no
 # prior and a prior of 16 images, and batch mode over shuffled and one-class batches of 60; precise
@@ -26,8 +29,8 @@ sweeps=${BNEXP_RUNS:-$HOME/bnexp-runs}/bn_shift_$data
 common=(experiment=fig1_mnist data="$data" trainer.replicas=5 trainer.progress=false
         'hydra.sweep.subdir=${hydra.job.override_dirname}')
 
-finished_runs() {  # every finished run dir of the study (a replicated job's seeds: its seed_<s> dirs)
-  find "$sweeps" -name summary.json -not -path '*/evaluate/*' | sort | while read -r summary; do
+finished_runs() {  # every finished run dir under the sweeps named (a replicated job's seeds: its seed_<s> dirs)
+  find "${@/#/$sweeps/}" -name summary.json -not -path '*/evaluate/*' | sort | while read -r summary; do
     grep -qsE '"status": "(completed|diverged)"' "$summary" && dirname "$summary"
   done
 }
@@ -37,7 +40,7 @@ case "${1:-}" in
     "$bnexp" train -m "${common[@]}" norm=batch,layer,none hydra.sweep.dir="$sweeps/norms" "${@:2}"
     "$bnexp" train -m "${common[@]}" norm.momentum=0.001,0.01,0.5 hydra.sweep.dir="$sweeps/momentum" "${@:2}" ;;
   evaluate)
-    finished_runs | while read -r run; do
+    finished_runs norms momentum | while read -r run; do
       "$bnexp" evaluate "$run" --adapt-images 1,2,8,32,128,512,2048 --prior 0,16 \
         --batch-order shuffled,by_class > /dev/null
       echo "evaluated $run"
@@ -45,7 +48,17 @@ case "${1:-}" in
   report)
     "$bnexp" report "$sweeps/norms" "$sweeps/momentum" --variant-keys norm.name,norm.momentum \
       --baseline norm=batch,norm.momentum=0.1 --claims "$out/claims.yaml" --out "$out" ;;
-  records) . scripts/records.sh; save_records "$sweeps" "$out" norms momentum ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 train | evaluate | report | records [overrides]" >&2
+  records) . scripts/records.sh; save_records "$sweeps" "$out" norms momentum over_training ;;
+  over_training)  # the same trainings as the momentum arm (keep_checkpoint_every only keeps more files)
+    "$bnexp" train -m "${common[@]}" norm.momentum=0.001,0.1,0.5 trainer.keep_checkpoint_every=2500 \
+      hydra.sweep.dir="$sweeps/over_training" "${@:2}"
+    finished_runs over_training | while read -r run; do
+      "$bnexp" evaluate "$run" --sets clean --modes running,precise --step all > /dev/null
+      echo "evaluated $run at every kept step"
+    done ;;
+  figures)
+    over=(); [ -d "$sweeps/over_training" ] && over=(--over-training "$sweeps/over_training")
+    python scripts/bn_shift_figures.py "$out/runs.csv" --out "$out" "${over[@]}" ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 train | evaluate | report | records | over_training | figures [overrides]" >&2
      exit 2 ;;
 esac
