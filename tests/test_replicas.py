@@ -71,7 +71,7 @@ def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case, tolerance
 # its one step (float32 rounding of that ill-conditioned gradient); the update is still checked to
 # be 5x the tolerance, so a wrong one fails.
 @pytest.mark.parametrize("norm, steps, lr, tolerance", [("none", 10, 0.01, 1e-3), ("batch", 1, 0.1, 2e-3)])
-def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, norm, steps, lr, tolerance):
+def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, monkeypatch, norm, steps, lr, tolerance):
     """To 1e-3 (2e-3 with BN), over a few steps. This small conv net is chaotic: any change of rounding flips
     max-pool and ReLU decisions, and the losses part by ~5% within 30 steps, whether the change is
     vmap's (one grouped convolution for all replicas) or the run alone on 1 thread instead of 2
@@ -84,8 +84,14 @@ the update several times the tolerance (checked), so that a wrong update cannot 
                  "model.stem=small", f"norm={norm}", "model.dropout=0", "data.shape=[3,16,16]", f"optim.lr={lr}",
                  "optim.momentum=0.9", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
                  "trainer.log_every=1", "trainer.checkpoint_every=0"]
+    from bnexp import stepper
+
+    wide_steps, wide_forward = [], stepper.Stack.wide_forward
+    monkeypatch.setattr(stepper.Stack, "wide_forward",
+                        lambda self, x, y: wide_steps.append(1) or wide_forward(self, x, y))
     # Momentum buffers are sums of raw gradients, where the flips above show first: weights only.
     check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=tolerance, optimizer=False)
+    assert len(wide_steps) == steps  # the replicas trained as models.stacked's wide twin, not vmapped
 
 
 def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
