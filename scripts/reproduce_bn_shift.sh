@@ -8,7 +8,7 @@
 #   bash scripts/reproduce_bn_shift.sh report    # 3) report, runs.csv and the verdicts of results/bn_shift/<data>/claims.yaml
 #   bash scripts/reproduce_bn_shift.sh records   # the finished runs' records (with their evaluations)
 #   bash scripts/reproduce_bn_shift.sh over_training  # BN at momentum 0.001, 0.1, 0.5 again, 5 seeds, a checkpoint
-#                                                     # kept every 2,500 steps, each evaluated: running vs precise
+#                                                     # kept every 5,000 steps, each evaluated: running vs precise
 #   bash scripts/reproduce_bn_shift.sh figures   # corruptions.png, adapt.png (and over_training.png) from runs.csv
 #
 # `evaluate` sweeps the target mode's n over 1, 2, 8, 32, 128, 512, 2048 test images, each with no
@@ -50,7 +50,7 @@ case "${1:-}" in
       --baseline norm=batch,norm.momentum=0.1 --claims "$out/claims.yaml" --out "$out" ;;
   records) . scripts/records.sh; save_records "$sweeps" "$out" norms momentum over_training ;;
   over_training)  # the same trainings as the momentum arm (keep_checkpoint_every only keeps more files)
-    "$bnexp" train -m "${common[@]}" norm.momentum=0.001,0.1,0.5 trainer.keep_checkpoint_every=2500 \
+    "$bnexp" train -m "${common[@]}" norm.momentum=0.001,0.1,0.5 trainer.keep_checkpoint_every=5000 \
       hydra.sweep.dir="$sweeps/over_training" "${@:2}"
     finished_runs over_training | while read -r run; do
       "$bnexp" evaluate "$run" --sets clean --modes running,precise --step all > /dev/null
