@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     sets, series = corruptions(variants)
-    fig, ax = plt.subplots(figsize=(13, 4.5))
+    fig, ax = plt.subplots(figsize=(13, 5.5))
     width = 0.8 / len(series)
     for i, (label, points) in enumerate(series.items()):
         xs = [k + (i - (len(series) - 1) / 2) * width for k, e in enumerate(points) if e]
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ax.set(ylabel="test accuracy (%), 95% t interval",
            title="BN's statistics under each corruption (seeds in brackets)")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, ncol=3)
+    ax.legend(fontsize=8, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: no point hidden
     fig.tight_layout()
     fig.savefig(args.out / "corruptions.png", dpi=120)
     print(f"wrote {args.out / 'corruptions.png'}")
