@@ -86,6 +86,8 @@ def read_curves(path: Path) -> dict[str, dict[int, float]]:
     if not curves.get("test/accuracy"):
         raise ValueError("no test/accuracy recorded (neither metrics.csv nor TensorBoard events)")
     for table in sorted(path.glob("evaluate/step_*/evaluation.csv")):  # bnexp evaluate's, one per checkpoint
+        if not table.parent.name.removeprefix("step_").isdigit():
+            continue  # step_<n>.tmp: an evaluation that was stopped before it was whole
         try:
             with open(table, newline="") as f:
                 for row in csv.DictReader(f):

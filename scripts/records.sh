@@ -18,8 +18,8 @@ save_records() {
       record=$out/records/${run#"$sweeps"/}
       mkdir -p "$record"
       cp "$run"/{config.yaml,summary.json,metrics.csv} "$record"
-      for table in "$run"/evaluate/step_*/evaluation.csv; do  # bnexp evaluate's, which reports read too
-        [ -f "$table" ] || continue
+      for table in "$run"/evaluate/step_*[0-9]/evaluation.csv; do  # bnexp evaluate's, which reports read too
+        [ -f "$table" ] || continue  # (step_<n>.tmp: an evaluation stopped before it was whole)
         local at=$record/$(dirname "${table#"$run"/}")
         mkdir -p "$at" && cp "$table" "${table%.csv}.json" "$at"
       done

@@ -261,3 +261,11 @@ def test_kept_checkpoints_must_fall_on_checkpoints(compose):
 
     with pytest.raises(UserError, match="keep_checkpoint_every must be a multiple of trainer.checkpoint_every"):
         validate(compose(*MLP, "trainer.checkpoint_every=30", "trainer.keep_checkpoint_every=40"))
+
+
+def test_an_evaluation_stopped_before_it_was_whole_is_not_read(bn_run):
+    from bnexp.runs import load_run
+
+    _, out = evaluate(bn_run, sets=["clean"], modes=["running"])
+    out.rename(out.with_name(out.name + ".tmp"))  # as write() leaves it when killed before its rename
+    assert not any(tag.startswith("evaluate/") for tag in load_run(bn_run).curves)
