@@ -10,6 +10,9 @@
 #   bash scripts/reproduce_bn_shift.sh over_training  # BN at momentum 0.001, 0.1, 0.5 again, 5 seeds, a checkpoint
 #                                                     # kept every 5,000 steps, each evaluated: running vs precise
 #   bash scripts/reproduce_bn_shift.sh figures   # corruptions.png, adapt.png (and over_training.png) from runs.csv
+#   bash scripts/reproduce_bn_shift.sh inception # the conv arm: BN-x5 at width 1/8 with BN and GN, 5 seeds each,
+#                                                # evaluated (n=512 only: a pass of this net costs ~100x the MLP's),
+#                                                # reported with <data>/inception/claims.yaml; SEEDS splits it in lanes
 #
 # `evaluate` sweeps the target mode's n over 1, 2, 8, 32, 128, 512, 2048 test images, each with no
 # prior and a prior of 16 images, and batch mode over shuffled and one-class batches of 60; precise
@@ -19,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bnexp=${BNEXP:-$(command -v bnexp || echo .venv/bin/bnexp)}
+python=${PYTHON:-$(dirname "$bnexp")/python}
 data=${DATA:-mnist}
 case $data in
   mnist | fashion_mnist) ;;
@@ -56,9 +60,23 @@ case "${1:-}" in
       "$bnexp" evaluate "$run" --sets clean --modes running,precise --step all > /dev/null
       echo "evaluated $run at every kept step"
     done ;;
+  inception)  # as long as Figure 3's BN-x5 (scripts/reproduce_inception.sh: the baseline's length / 6)
+    . scripts/inception_lengths.sh
+    steps=${STEPS:-$(decayed_steps "$(baseline_steps)" 6)}  # STEPS: a shorter smoke run
+    "$bnexp" train -m experiment=bn_x5 scale="inception_${data}_plateau" trainer.max_steps="$steps" norm=batch,group \
+      trainer.seed="${SEEDS:-0,1,2,3,4}" trainer.progress=false 'hydra.sweep.subdir=${hydra.job.override_dirname}' \
+      hydra.sweep.dir="$sweeps/inception" "${@:2}"
+    finished_runs inception | while read -r run; do
+      [ -d "$run/evaluate" ] && continue  # evaluated before (a lane's)
+      "$bnexp" evaluate "$run" --adapt-images 512 --batch-order shuffled,by_class > /dev/null
+      echo "evaluated $run"
+    done
+    [ -n "${SEEDS:-}" ] && exit 0  # a lane: the report waits for every seed
+    "$bnexp" report "$sweeps/inception" --baseline norm=batch --claims "$out/inception/claims.yaml" --out "$out/inception"
+    . scripts/records.sh; save_records "$sweeps" "$out/inception" inception ;;
   figures)
     over=(); [ -d "$sweeps/over_training" ] && over=(--over-training "$sweeps/over_training")
-    python scripts/bn_shift_figures.py "$out/runs.csv" --out "$out" "${over[@]}" ;;
-  *) echo "usage: [DATA=mnist|fashion_mnist] $0 train | evaluate | report | records | over_training | figures [overrides]" >&2
+    "$python" scripts/bn_shift_figures.py "$out/runs.csv" --out "$out" "${over[@]}" ;;
+  *) echo "usage: [DATA=mnist|fashion_mnist] $0 train | evaluate | report | records | over_training | figures | inception [overrides]" >&2
      exit 2 ;;
 esac
