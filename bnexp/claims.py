@@ -200,6 +200,15 @@ def read_runs_csv(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def finished_by_variant(rows: list[dict]) -> dict[str, list[dict]]:
+    """runs.csv's finished rows (completed or diverged) by variant, in the file's order."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["status"] in FINISHED:
+            by_variant.setdefault(row["variant"], []).append(row)
+    return by_variant
+
+
 def decide(rule: dict, low: float, high: float) -> str:
     """The region of the rule's line that the interval [low, high] lies in."""
     if math.isnan(low) or math.isnan(high):
@@ -231,9 +240,7 @@ def evaluate(claims: ClaimsFile, rows: list[dict], runs_csv: Path | None = None)
     if not finished:
         raise UserError("no finished run (completed or diverged) to decide the claims: "
                         f"{', '.join(excluded) or 'runs.csv is empty'}")
-    by_variant: dict[str, list[dict]] = {}
-    for row in finished:
-        by_variant.setdefault(row["variant"], []).append(row)
+    by_variant = finished_by_variant(finished)
     default = next((row["variant"] for row in rows if row["baseline"] == "True"), None)
     found = []
     for claim in claims.claims:

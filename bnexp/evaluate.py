@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which test images adapt, and batch mode's shuffle")
     args = parser.parse_args(argv)
     try:
-        steps = asked_steps(args.run_dir, args.step)
-        for step in steps:
-            rows, out = evaluate(
-                args.run_dir, sets=words(args.sets), modes=words(args.modes) if args.modes else None,
-                severity=args.severity, precise_images=args.precise_images,
-                adapt_images=numbers(args.adapt_images, "--adapt-images", 1), priors=numbers(args.prior, "--prior", 0),
-                batch_size=args.batch_size, batch_orders=words(args.batch_order), step=step, seed=args.seed)
+        settings = dict(sets=words(args.sets), modes=words(args.modes) if args.modes else None,
+                        severity=args.severity, precise_images=args.precise_images,
+                        adapt_images=numbers(args.adapt_images, "--adapt-images", 1),
+                        priors=numbers(args.prior, "--prior", 0), batch_size=args.batch_size,
+                        batch_orders=words(args.batch_order), seed=args.seed)
+        for step in asked_steps(args.run_dir, args.step):
+            rows, out = evaluate(args.run_dir, step=step, **settings)
             for row in rows:
                 detail = {"target": f"n={row['adapt_images']} N={row['prior']}",
                           "batch": f"{row['batch_order']} batches of {row['batch_size']}"}.get(row["mode"], "")

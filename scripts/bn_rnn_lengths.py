@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from bnexp import stats
-from bnexp.claims import FINISHED, read_runs_csv
+from bnexp.claims import finished_by_variant, read_runs_csv
 
 DROP = re.compile(r"longer/(prepend|append)(\d+)/drop")
 
@@ -25,10 +24,8 @@ def lengths(rows: list[dict], steps: int = 28) -> dict[str, dict[str, list[tuple
     columns = [(m[1], int(m[2]), c) for c in rows[0] if (m := DROP.fullmatch(c))]
     if not columns:
         raise SystemExit("bn_rnn_lengths: runs.csv has no longer/<side><k>/drop column: train with probes.longer_rows")
-    by_variant = defaultdict(list)
-    for row in rows:
-        if row["status"] in FINISHED and all(row[c] for _, _, c in columns):
-            by_variant[row["variant"]].append(row)
+    by_variant = {variant: probed for variant, runs in finished_by_variant(rows).items()
+                  if (probed := [r for r in runs if all(r[c] for _, _, c in columns)])}
     out: dict[str, dict[str, list]] = {"prepend": {}, "append": {}}
     for variant, runs in by_variant.items():
         trained = [float(r["final_accuracy"]) for r in runs]

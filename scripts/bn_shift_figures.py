@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bnexp import shift, stats
-from bnexp.claims import FINISHED, read_runs_csv
+from bnexp.claims import finished_by_variant, read_runs_csv
 
 BN = "norm=batch,norm.momentum=0.1"  # PyTorch's default momentum: the study's BN
 MODES = {"running": "moving averages", "precise": "precise (10,000 train images)",
@@ -30,14 +30,6 @@ MODES = {"running": "moving averages", "precise": "precise (10,000 train images)
          "batch_shuffled_60": "batch statistics (60, shuffled)"}
 CONTROLS = {"norm=layer,norm.momentum=-": "LN", "norm=none,norm.momentum=-": "no norm"}
 TARGET = re.compile(r"evaluate/(clean|shifted)/target_n(\d+)_prior(\d+)")
-
-
-def by_variant(rows: list[dict]) -> dict[str, list[dict]]:
-    out = defaultdict(list)
-    for row in rows:
-        if row["status"] in FINISHED:
-            out[row["variant"]].append(row)
-    return out
 
 
 def estimate(runs: list[dict], column: str) -> stats.Estimate | None:
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the figures")
     parser.add_argument("--over-training", type=Path, default=None, help="the over-training sweep dir")
     args = parser.parse_args(argv)
-    variants = by_variant(read_runs_csv(args.runs_csv.read_text()))
+    variants = finished_by_variant(read_runs_csv(args.runs_csv.read_text()))
     if BN not in variants or not any(c.startswith("evaluate/") for c in variants[BN][0]):
         raise SystemExit(f"bn_shift_figures: {args.runs_csv} has no evaluated runs of {BN}")
     import matplotlib
