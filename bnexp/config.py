@@ -591,7 +591,8 @@ def check_replicable(cfg: DictConfig) -> None:
     _require(not cfg.norm.get("sync", False), f"{why} in one process; norm.sync=true is for data-parallel runs")
     _require(cfg.data.name != "imagefolder", f"{why} with the data on the device; data=imagefolder streams "
              "from disk: run its seeds separately")
-    _require(not t.channels_last, f"{why}; trainer.channels_last is not supported with it (set it false)")
+    _require(not t.channels_last or cfg.model.name == "inception",
+             f"{why}; trainer.channels_last applies to model=inception's wide twin only (set it false)")
 
 
 def check_model(cfg: DictConfig) -> None:

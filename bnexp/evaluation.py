@@ -53,6 +53,24 @@ def metrics(model: nn.Module, batches, prepare=lambda x: x) -> tuple[float, floa
     return correct.item() / n, loss_sum.item() / n, n
 
 
+@torch.inference_mode()
+def replica_metrics(wide: nn.Module, batches, replicas: int, prepare=lambda x: x) -> list[tuple[float, float]]:
+    """(accuracy, mean cross-entropy) of each of R replicas over (x, y) batches, in one pass of their
+    wide network (models.stacked, in eval mode): every replica sees each batch, side by side in
+    the channels, and its logits are its K of the R * K."""
+    correct = loss_sum = 0
+    n = 0
+    for x, y in batches:
+        logits = wide(prepare(x.repeat(1, replicas, *[1] * (x.dim() - 2)))).unflatten(1, (replicas, -1))  # [B, R, K]
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat_interleave(replicas), reduction="none")
+        loss_sum = loss_sum + losses.view(-1, replicas).sum(0)
+        correct = correct + (logits.argmax(-1) == y[:, None]).sum(0)
+        n += len(y)
+    if n == 0:
+        return [(float("nan"), float("nan"))] * replicas
+    return [(c / n, total / n) for c, total in zip(correct.tolist(), loss_sum.tolist(), strict=True)]
+
+
 def test_metrics(model: nn.Module, data, prepare=lambda x: x, split: str = "test") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the inference network (eval mode) on the test set, or on
     the training set with split="train"."""

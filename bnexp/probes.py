@@ -69,6 +69,27 @@ class PercentileProbe:
         return out
 
 
+@contextmanager
+def replica_recording(probes: dict[int, PercentileProbe], points: dict[str, nn.Module], replicas: int):
+    """The probes of replicas (by their place r in a stack of R) recorded in one pass of the wide
+    network, whose probed layers (`points`, the same names) hold the replicas' channels side by
+    side: replica r's unit u is channel r * C + u of a layer of R * C."""
+    for probe in probes.values():
+        for values in probe._values.values():
+            values.clear()
+
+    def hook(name: str):
+        def record(module, inputs):
+            per_replica = inputs[0].detach().unflatten(1, (replicas, -1))
+            for r, probe in probes.items():
+                probe._values[name].append(per_replica[:, r, probe.unit].flatten().to(torch.float32, copy=True))
+
+        return record
+
+    with input_hooks(points, hook):
+        yield
+
+
 # --- Santurkar et al. 2018: internal covariate shift and the loss landscape --------------------
 
 Params = dict[str, torch.Tensor]

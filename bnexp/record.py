@@ -13,18 +13,30 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
 from bnexp import checkpoint
 from bnexp.builders import autocast, in_layout
 from bnexp.errors import UserError, first_line
-from bnexp.evaluation import error_with_batch_statistics, fold_batch_norms, test_metrics
+from bnexp.evaluation import error_with_batch_statistics, fold_batch_norms, replica_metrics, test_metrics
 from bnexp.norm import batch_statistics_layers, finalize_population
-from bnexp.probes import PercentileProbe, VarianceShift, longer_sequences
+from bnexp.probes import PercentileProbe, VarianceShift, longer_sequences, replica_recording
 from bnexp.summary import ENDED, Status, Summary, first_step_reaching, provenance
 
 log = logging.getLogger(__name__)
+
+
+class Tested(NamedTuple):
+    """One evaluation's passes: test accuracy and loss, the training set's (trainer.eval_train), and
+    the seconds they took (0 where the evaluation that uses them times them)."""
+
+    accuracy: float
+    loss: float
+    train_set: dict[str, float]
+    seconds: float
 
 
 class RunRecord:
@@ -78,60 +90,76 @@ class RunRecord:
                 "elapsed": self.elapsed_before + time.perf_counter() - self.clock, "started": self.started,
                 "eval_time": self.eval_time}
 
-    def begin(self, step: int) -> None:
-        """Start this segment's clock; a fresh run evaluates at step 0 (a resumed one has, up to its checkpoint)."""
+    def begin(self) -> bool:
+        """Start this segment's clock. True when the run is fresh, to evaluate at step 0 (a resumed
+        one has, up to its checkpoint)."""
         self.clock = time.perf_counter()
-        if not self.history:
-            self.evaluate(step)
+        return not self.history
 
     def log_window(self, step: int, loss: float, error: float, lr: float, steps_per_s: float) -> None:
         self.runlog.scalars(step, {"train/loss": loss, "train/error": error, "opt/lr": lr,
                                    "perf/steps_per_s": steps_per_s})
 
-    def evaluate(self, step: int) -> None:
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the model's memory layout."""
+        return in_layout(x, self.channels_last)
+
+    def evaluate(self, step: int, tested: Tested | None = None) -> None:
         """Test-set accuracy of the inference network (eval mode: population statistics), and with
-        trainer.eval_train the training set's (train_set/accuracy, train_set/loss: the train/test gap)."""
+        trainer.eval_train the training set's (train_set/accuracy, train_set/loss: the train/test gap).
+        tested: this step's passes, made for every replica of a stack at once (evaluate_together),
+        whose probe values this record's probe already holds; None: made here."""
         started = time.perf_counter()
+        if tested is None:
+            tested = self.test_passes()
+        self.history.append((step, tested.accuracy))
+        batchstats = {}
+        if self.batch_norms:
+            with autocast(self.device, self.amp):
+                batchstats["test/error_batchstats"] = error_with_batch_statistics(
+                    self.model, self.batch_norms, self.data, self.batch_size, self.prepare)
+        self.eval_time += time.perf_counter() - started + tested.seconds
+        self.runlog.scalars(step, {"test/accuracy": tested.accuracy, "test/error": 1 - tested.accuracy,
+                                   "test/loss": tested.loss, **tested.train_set, **batchstats,
+                                   **self.probe.percentiles(),
+                                   **(self.variance_shift.ratios() if self.variance_shift else {})})
 
-        def prepare(x):
-            return in_layout(x, self.channels_last)
-
+    def test_passes(self) -> Tested:
+        """The inference network over the test set (with the probe and the variance shift recording),
+        and over the training set with trainer.eval_train."""
         # The variance shift reads the BN layers' inputs: they are there only unfolded.
         folded = self.fold_bn and self.variance_shift is None
         inference = fold_batch_norms(self.model) if folded else self.model
         shift = self.variance_shift.recording() if self.variance_shift else contextlib.nullcontext()
         with self.probe.recording(inference.probe_points()), shift, autocast(self.device, self.amp):
-            accuracy, loss = test_metrics(inference, self.data, prepare)
+            accuracy, loss = test_metrics(inference, self.data, self.prepare)
         train_set = {}
         if self.eval_train:  # after the probes: they describe the test set
             with autocast(self.device, self.amp):
-                train_accuracy, train_loss = test_metrics(inference, self.data, prepare, split="train")
+                train_accuracy, train_loss = test_metrics(inference, self.data, self.prepare, split="train")
             train_set = {"train_set/accuracy": train_accuracy, "train_set/loss": train_loss}
-        self.history.append((step, accuracy))
-        batchstats = {}
-        if self.batch_norms:
-            with autocast(self.device, self.amp):
-                batchstats["test/error_batchstats"] = error_with_batch_statistics(
-                    self.model, self.batch_norms, self.data, self.batch_size, prepare)
-        self.eval_time += time.perf_counter() - started
-        self.runlog.scalars(step, {"test/accuracy": accuracy, "test/error": 1 - accuracy, "test/loss": loss,
-                                   **train_set, **batchstats, **self.probe.percentiles(),
-                                   **(self.variance_shift.ratios() if self.variance_shift else {})})
+        return Tested(accuracy, loss, train_set, seconds=0.0)  # timed by evaluate
 
-    def final_evaluation(self, step: int) -> None:
-        """After the last step: the paper's population statistics where asked for, then the last evaluation."""
-        if self.history[-1][0] == step:
-            return  # done before: a run resumed from its final checkpoint
-        if self.population_batches:
-            batches = (self.data.next_batch(step + i)[0] for i in range(self.population_batches))
-            log.info("population statistics over %d training batches", finalize_population(self.model, batches))
-        self.evaluate(step)
+    def final_evaluation(self, step: int, tested: Tested | None = None) -> None:
+        """After the last step: the last evaluation (tested: as for evaluate), after the paper's
+        population statistics where asked for (finalize_population, called first)."""
+        self.evaluate(step, tested)
         if self.longer_rows:
             started = time.perf_counter()
             with autocast(self.device, self.amp):
                 longer = longer_sequences(self.model, self.data, self.longer_rows, self.blank, self.history[-1][1])
             self.eval_time += time.perf_counter() - started
             self.runlog.scalars(step, longer)
+
+    def finalize_population(self, step: int) -> bool:
+        """Before the last evaluation: the paper's population statistics where asked for. False when
+        the run has no last evaluation to make (a run resumed from its final checkpoint made it)."""
+        if self.history[-1][0] == step:
+            return False
+        if self.population_batches:
+            batches = (self.data.next_batch(step + i)[0] for i in range(self.population_batches))
+            log.info("population statistics over %d training batches", finalize_population(self.model, batches))
+        return True
 
     def save_checkpoint(self, step: int) -> None:
         """A checkpoint at `step`, unless one is there already (raises checkpoint.CheckpointError)."""
@@ -181,3 +209,22 @@ class RunRecord:
             "torch": torch.__version__,
             **self.code,
         }
+
+
+def evaluate_together(records: dict[int, RunRecord], wide: nn.Module, replicas: int, step: int) -> None:
+    """Replicas of a stack of R (records by their place r in it) evaluated in one pass of the wide
+    inference network (stepper.StackedModels.inference_network): each one's accuracy, loss and probe
+    values as its own evaluation would find them, to float rounding, for the cost of one pass."""
+    first = next(iter(records.values()))
+    started = time.perf_counter()
+    probes = {r: record.probe for r, record in records.items()}
+    with replica_recording(probes, wide.probe_points(), replicas), autocast(first.device, first.amp):
+        tested = replica_metrics(wide, first.data.eval_batches(), replicas, first.prepare)
+    train_set = [{} for _ in range(replicas)]
+    if first.eval_train:  # after the probes: they describe the test set
+        with autocast(first.device, first.amp):
+            on_train = replica_metrics(wide, first.data.eval_batches("train"), replicas, first.prepare)
+        train_set = [{"train_set/accuracy": a, "train_set/loss": loss} for a, loss in on_train]
+    seconds = (time.perf_counter() - started) / len(records)  # each replica's share of the pass
+    for r, record in records.items():
+        record.evaluate(step, Tested(*tested[r], train_set[r], seconds))

@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from bnexp.builders import autocast, in_layout
+from bnexp.evaluation import fold_batch_norms
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -72,6 +73,10 @@ class OneModel:
     def optimizer_of(self, r: int) -> torch.optim.SGD:
         return self.optimizer
 
+    def inference_network(self, fold_bn: bool) -> None:
+        """None: one run's record evaluates its own module (RunRecord.evaluate)."""
+        return None
+
     def gradient_norms(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The last step's gradient norm of each named parameter, [1] each (0 where it got none)."""
         grads = {name: self.model.get_parameter(name).grad for name in names}
@@ -85,7 +90,7 @@ class StackedModels:
         """make_optimizer(parameters): the optimizer as the config sets it, here over the stacked
         parameters (SGD's and Adam's updates are elementwise: each replica's is its own).
         wide: the modules' wide twin (models.stacked), or None to vmap them."""
-        self.stack, self.clip_norm = Stack(modules, wide), float(clip_norm)
+        self.stack, self.clip_norm = Stack(modules, wide, bool(cfg.channels_last)), float(clip_norm)
         self.optimizer, self.lr = make_optimizer(self.stack.params.values()), None
         self.device = next(iter(self.stack.params.values())).device
         self.amp = bool(cfg.amp)
@@ -104,6 +109,16 @@ class StackedModels:
             clip_each(list(self.stack.params.values()), self.clip_norm)
         self.optimizer.step()
         return losses, logits
+
+    def inference_network(self, fold_bn: bool) -> nn.Module | None:
+        """The R networks' inference network as one wide module with their current weights, in eval
+        mode (with fold_bn, each replica's BN folded into its convolution), for evaluating them in one
+        pass (record.evaluate_together); None for vmapped models, whose replicas evaluate one by one."""
+        if self.stack.wide is None:
+            return None
+        wide = copy.deepcopy(self.stack.wide).to_empty(device=self.device)
+        wide.load_state_dict(self.stack.wide_state())
+        return fold_batch_norms(wide) if fold_bn else wide.eval()
 
     def optimizer_of(self, r: int) -> ReplicaOptimizer:
         return ReplicaOptimizer(self.optimizer, r)
@@ -136,8 +151,11 @@ class Stack:
     wide twin, or vmapped. The modules keep working on their own: their parameters and buffers
     become views of the stacks."""
 
-    def __init__(self, modules: list[nn.Module], wide: nn.Module | None = None):
-        self.params, self.buffers = stack_module_state(modules)  # parameters: leaves that require grad
+    def __init__(self, modules: list[nn.Module], wide: nn.Module | None = None, channels_last: bool = False):
+        """channels_last: the wide twin's input in that layout (config.check_replicable allows it only
+        with a twin); its weights stay views of the stacked tensors, which the convolutions accept."""
+        self.params, self.buffers = stack_module_state(modules)
+        self.channels_last = channels_last  # parameters: leaves that require grad
         self.base = copy.deepcopy(modules[0]).to("meta").train()  # the architecture, without tensors
         self.wide = wide.train() if wide is not None else None
         if wide is not None:  # each stacked tensor's shape in the wide twin
@@ -166,14 +184,18 @@ class Stack:
 
         return vmap(one)(self.params, self.buffers, x, y)
 
+    def wide_state(self) -> dict[str, torch.Tensor]:
+        """The wide twin's parameters and buffers: views of the stacked tensors in its shapes."""
+        state = {name: t.view(self.wide_shapes[name]) for name, t in self.params.items()}
+        return state | {name: t[0] if name in self.counters else t.view(self.wide_shapes[name])
+                        for name, t in self.buffers.items()}
+
     def wide_forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The wide twin on the replicas' batches side by side in the channels: [R, B, C, H, W] in as
         [B, R * C, H, W], replica r's images in its channels; logits [B, R * K] out as [R, B, K]."""
         replicas, batch = y.shape
-        params = {name: t.view(self.wide_shapes[name]) for name, t in self.params.items()}
-        buffers = {name: t[0] if name in self.counters else t.view(self.wide_shapes[name])
-                   for name, t in self.buffers.items()}
-        logits = functional_call(self.wide, (params, buffers), (x.transpose(0, 1).flatten(1, 2),))
+        side_by_side = in_layout(x.transpose(0, 1).flatten(1, 2), self.channels_last)
+        logits = functional_call(self.wide, self.wide_state(), (side_by_side,))
         logits = logits.unflatten(1, (replicas, -1)).transpose(0, 1)
         with torch.no_grad():
             for name in self.counters:

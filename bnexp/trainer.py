@@ -26,7 +26,7 @@ from bnexp import checkpoint, distributed
 from bnexp.builders import evaluation_steps, in_layout
 from bnexp.errors import RunFailed
 from bnexp.probes import GradientProbe, StepProbes
-from bnexp.record import RunRecord
+from bnexp.record import RunRecord, evaluate_together
 from bnexp.summary import Status, Summary
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ class Trainer:
         handlers = self.catch_signals()
         outcome, error = Status.INTERRUPTED, None
         try:
-            for record in self.live.values():
-                record.begin(self.step)
+            self.evaluate({r: record for r, record in self.live.items() if record.begin()})
             outcome = self.run_steps()
             self.end(outcome)
         except KeyboardInterrupt:  # a second Ctrl-C: stop at once, the last checkpoints stay
@@ -178,22 +177,38 @@ class Trainer:
         if self.step == self.max_steps:
             return  # the last evaluation and checkpoints are `end`'s
         if self.step in self.evaluate_at:
-            for record in self.live.values():
-                record.evaluate(self.step)
+            self.evaluate(self.live)
         if checkpoint_due and self.checkpoint_every and self.step % self.checkpoint_every == 0:
             self.save_checkpoints()
 
     def end(self, outcome: Status) -> None:
         """After training: each completed run's last evaluation, then a checkpoint where the runs
         stopped (a requeued job resumes there). A run whose last checkpoint cannot be written fails."""
+        if outcome is Status.COMPLETED:
+            self.evaluate({r: record for r, record in self.live.items() if record.finalize_population(self.step)},
+                          final=True)
         for r, record in list(self.live.items()):
-            if outcome is Status.COMPLETED:
-                record.final_evaluation(self.step)
             try:
                 record.save_checkpoint(self.step)
             except checkpoint.CheckpointError as e:
                 log.error("%s", e)
                 self.conclude(r, Status.FAILED, error=str(e))
+
+    def evaluate(self, records: dict[int, RunRecord], final: bool = False) -> None:
+        """These runs' evaluations (records by their place in the stack; final: their last one): in one
+        pass of the stack's wide network where the stepper has one and no record needs its own module
+        for it (the variance shift reads each BN's input; a recurrent run's longer sequences run its
+        cell), else each run on its own."""
+        first = next(iter(records.values()), None)
+        if first is None:
+            return
+        alone = first.variance_shift is not None or bool(first.longer_rows)
+        wide = None if alone else self.stepper.inference_network(first.fold_bn)
+        if wide is not None:
+            evaluate_together(records, wide, len(self.records), self.step)
+            return
+        for record in records.values():
+            (record.final_evaluation if final else record.evaluate)(self.step)
 
     def save_checkpoints(self) -> None:
         for record in self.live.values():

@@ -70,8 +70,12 @@ def test_replica_r_is_the_run_of_seed_r_alone(compose, tmp_path, case, tolerance
 # With BN, 2e-3: on a 2-core AMD EPYC with AVX-512, 3 of the stem's 108 weights part by 1.4e-3 after
 # its one step (float32 rounding of that ill-conditioned gradient); the update is still checked to
 # be 5x the tolerance, so a wrong one fails.
-@pytest.mark.parametrize("norm, steps, lr, tolerance", [("none", 10, 0.01, 1e-3), ("batch", 1, 0.1, 2e-3)])
-def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, monkeypatch, norm, steps, lr, tolerance):
+@pytest.mark.parametrize("norm, steps, lr, tolerance, layout", [
+    ("none", 10, 0.01, 1e-3, "false"), ("batch", 1, 0.1, 2e-3, "false"),
+    ("batch", 1, 0.1, 2e-3, "true"),  # the twin in channels_last, against runs alone in channels_last
+], ids=["none", "batch", "batch-channels_last"])
+def test_an_inception_replica_is_the_run_of_its_seed_alone(compose, tmp_path, monkeypatch, norm, steps, lr, tolerance,
+                                                           layout):
     """To 1e-3 (2e-3 with BN), over a few steps. This small conv net is chaotic: any change of rounding flips
     max-pool and ReLU decisions, and the losses part by ~5% within 30 steps, whether the change is
     vmap's (one grouped convolution for all replicas) or the run alone on 1 thread instead of 2
@@ -83,7 +87,7 @@ the update several times the tolerance (checked), so that a wrong update cannot 
     overrides = ["data=synthetic", "trainer.progress=false", "model=inception", "model.width=0.0625",
                  "model.stem=small", f"norm={norm}", "model.dropout=0", "data.shape=[3,16,16]", f"optim.lr={lr}",
                  "optim.momentum=0.9", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
-                 "trainer.log_every=1", "trainer.checkpoint_every=0"]
+                 "trainer.log_every=1", "trainer.checkpoint_every=0", f"trainer.channels_last={layout}"]
     from bnexp import stepper
 
     wide_steps, wide_forward = [], stepper.Stack.wide_forward
@@ -92,6 +96,43 @@ the update several times the tolerance (checked), so that a wrong update cannot 
     # Momentum buffers are sums of raw gradients, where the flips above show first: weights only.
     check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=tolerance, optimizer=False)
     assert len(wide_steps) == steps  # the replicas trained as models.stacked's wide twin, not vmapped
+
+
+@pytest.mark.parametrize("fold", ["true", "false"])
+def test_one_pass_evaluates_every_replica_as_its_own_evaluation_would(compose, tmp_path, monkeypatch, fold):
+    """A stacked Inception's replicas are evaluated in one pass of the wide inference network
+    (with each replica's BN folded, or not): every replica's test accuracy and loss, training-set
+    accuracy and loss, and probe percentiles are those its own evaluation finds, to float rounding,
+    at every evaluation."""
+    from bnexp import trainer
+    from bnexp.probes import PERCENTILES
+
+    own, together = {}, trainer.evaluate_together
+
+    def compare(records, wide, replicas, step):
+        alone = {r: (record.test_passes(), record.probe.percentiles()) for r, record in records.items()}
+        together(records, wide, replicas, step)
+        for r, record in records.items():
+            tested, percentiles = alone[r]
+            assert record.history[-1] == (step, pytest.approx(tested.accuracy, abs=1e-9))
+            assert len(percentiles) == 3 * len(PERCENTILES)  # three probed layers
+            assert record.probe.percentiles() == pytest.approx(percentiles, rel=1e-4, abs=1e-5)
+            own[record.dir.name, step] = tested
+
+    monkeypatch.setattr(trainer, "evaluate_together", compare)
+    overrides = ["data=synthetic", "data.n_test=256", "data.n_train=256", "trainer.progress=false",
+                 "model=inception", "model.width=0.0625", "model.stem=small", "norm=batch", "model.dropout=0",
+                 "data.shape=[3,16,16]", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.log_every=1",
+                 "trainer.checkpoint_every=0", "trainer.eval_train=true", f"trainer.eval_fold_bn={fold}",
+                 "trainer.seed=3", "trainer.replicas=3"]
+    summaries = list(run(compose(*overrides), tmp_path).values())
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert sorted(own) == [(f"seed_{s}", step) for s in (3, 4, 5) for step in (0, 2, 4)]
+    for (name, step), tested in own.items():  # what was logged is what each one's own passes found
+        curves = load_run(tmp_path / name).curves
+        assert curves["test/loss"][step] == pytest.approx(tested.loss, rel=1e-5)
+        assert curves["train_set/accuracy"][step] == pytest.approx(tested.train_set["train_set/accuracy"], abs=1e-9)
+        assert curves["train_set/loss"][step] == pytest.approx(tested.train_set["train_set/loss"], rel=1e-5)
 
 
 def check_replicas_against_runs_alone(compose, tmp_path, overrides, tolerance=1e-4, optimizer=True):
@@ -237,7 +278,7 @@ def test_one_replica_resumes_alone_as_a_run_of_its_seed(bnexp, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("norm=batch_renorm", "norm=batch_renorm reads its step counter"),
     ("model=inception", "dropout draws its masks"),
-    ("trainer.channels_last=true", "trainer.channels_last is not supported"),
+    ("trainer.channels_last=true", "trainer.channels_last applies to model=inception's wide twin only"),
     ("trainer.replicas=0", "trainer.replicas must be a whole number >= 1"),
 ])
 def test_what_cannot_be_replicated_is_refused_with_the_reason(bnexp, override, message):

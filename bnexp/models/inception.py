@@ -117,9 +117,13 @@ class ReplicaLinear(nn.Linear):
 
 
 def concat_channels(branches: list[torch.Tensor], replicas: int) -> torch.Tensor:
-    """The branches' channels side by side, within each replica: [B, R * sum(C_i), H, W]."""
+    """The branches' channels side by side, within each replica: [B, R * sum(C_i), H, W], in the
+    branches' memory layout (a channels_last input stays channels_last through the network)."""
     if replicas == 1:
         return torch.cat(branches, 1)
+    if branches[0].is_contiguous(memory_format=torch.channels_last):  # concatenated in the NHWC view
+        nhwc = [b.permute(0, 2, 3, 1).unflatten(3, (replicas, -1)) for b in branches]
+        return torch.cat(nhwc, 4).flatten(3).permute(0, 3, 1, 2)
     return torch.cat([b.unflatten(1, (replicas, -1)) for b in branches], 2).flatten(1, 2)
 
 
