@@ -122,12 +122,13 @@ def inception(args, common: list[str], peak: float, root: Path) -> None:
     every = ["trainer.eval_schedule=every", f"trainer.eval_every={args.steps}", f"trainer.max_steps={args.steps}",
              "trainer.log_every=10"]
     replicas = [int(x) for x in args.replicas.split(",")]
-    for name, preset in (("BN-x5      ", ["experiment=bn_x5"]), ("BN-x5+LRN  ", ["experiment=bn_x5", "model.lrn=true"]),
-                         ("Inception  ", ["experiment=inception"])):
-        rates(name, [*study, *preset, *every], replicas, peak, root)
+    presets = {"bn_x5": ["experiment=bn_x5"], "bn_x5_lrn": ["experiment=bn_x5", "model.lrn=true"],
+               "inception": ["experiment=inception"]}
+    for name in args.presets.split(",") if args.presets else ():
+        rates(f"{name:11s}", [*study, *presets[name], *every], replicas, peak, root)
     if args.protocol_steps:  # the presets' own evaluation schedule; BN-x* have no dropout to lift
         protocol = [*study, f"trainer.max_steps={args.protocol_steps}"]
-        models = ("bn_x5", "bn_x30", "bn_x5_sigmoid")
+        models = args.protocol_models.split(",")
 
         def timed(extra: list[str], seeds) -> tuple[float, float]:
             """(wall seconds, seconds evaluating) of the three models' runs for `seeds`."""
@@ -144,7 +145,7 @@ def inception(args, common: list[str], peak: float, root: Path) -> None:
                     "of it")
 
         alone = timed([], range(5))
-        print(f"Figure 3's stackable step (BN-x5, BN-x30, BN-x5-sigmoid x 5 seeds x {args.protocol_steps} steps, "
+        print(f"Figure 3's stackable step ({', '.join(models)} x 5 seeds x {args.protocol_steps} steps, "
               "the preset's geometric evaluation schedule):")
         print(line("one run at a time                       ", *alone, alone[0]))
         one_by_one = trainer.evaluate_together  # before one-pass evaluation: each replica on its own
@@ -163,6 +164,10 @@ def main() -> None:
     parser.add_argument("--replicas", default="1,2,5,10,20")
     parser.add_argument("--protocol-steps", type=int, default=50000, help="0: skip the protocol")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--presets", default="bn_x5,bn_x5_lrn,inception",
+                        help="--net inception: the presets whose rates are measured ('' for none)")
+    parser.add_argument("--protocol-models", default="bn_x5,bn_x30,bn_x5_sigmoid",
+                        help="--net inception: the stackable step's experiments")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_replicas_"))
     common = ["trainer.progress=false", f"trainer.threads={args.threads}", "trainer.checkpoint_every=0"]
