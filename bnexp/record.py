@@ -140,10 +140,10 @@ class RunRecord:
             train_set = {"train_set/accuracy": train_accuracy, "train_set/loss": train_loss}
         return Tested(accuracy, loss, train_set, seconds=0.0)  # timed by evaluate
 
-    def final_evaluation(self, step: int, tested: Tested | None = None) -> None:
-        """After the last step: the last evaluation (tested: as for evaluate), after the paper's
-        population statistics where asked for (finalize_population, called first)."""
-        self.evaluate(step, tested)
+    def final_evaluation(self, step: int) -> None:
+        """After the last step: the last evaluation, after the paper's population statistics where
+        asked for (finalize_population, called first)."""
+        self.evaluate(step)
         if self.longer_rows:
             started = time.perf_counter()
             with autocast(self.device, self.amp):

@@ -154,8 +154,8 @@ class Stack:
     def __init__(self, modules: list[nn.Module], wide: nn.Module | None = None, channels_last: bool = False):
         """channels_last: the wide twin's input in that layout (config.check_replicable allows it only
         with a twin); its weights stay views of the stacked tensors, which the convolutions accept."""
-        self.params, self.buffers = stack_module_state(modules)
-        self.channels_last = channels_last  # parameters: leaves that require grad
+        self.params, self.buffers = stack_module_state(modules)  # parameters: leaves that require grad
+        self.channels_last = channels_last
         self.base = copy.deepcopy(modules[0]).to("meta").train()  # the architecture, without tensors
         self.wide = wide.train() if wide is not None else None
         if wide is not None:  # each stacked tensor's shape in the wide twin
